@@ -1,0 +1,400 @@
+//! `switchboard-bench`: load generator for Switchboard and the servers we compare it with.
+//!
+//! Scenarios (`switchboard-bench <scenario> --help` for every option):
+//! - `fanout`: N subscribers on one channel, one publisher at a fixed or maximum rate;
+//!   deliveries/s, end-to-end latency percentiles, lost/duplicated/reordered messages.
+//! - `channels`: many channels with few subscribers each (the chat shape).
+//! - `idle`: N subscribed connections held; server RSS per connection (from /proc), our own
+//!   RSS, and a check that every connection still receives a broadcast.
+//! - `churn`: connect + subscribe + close cycles per second, sustained, with error counts.
+//!
+//! Every run is bounded in time and count and ends by itself. A human summary goes to
+//! stderr and exactly one JSON object per run to stdout, so scripts can parse stdout.
+//!
+//! Targets: `switchboard` (native protocol), `raw` (a peer that broadcasts every text frame
+//! it receives to every other client) and `socketio` (Engine.IO v4 / Socket.IO v5, the peer
+//! re-broadcasts `bench` events).
+
+mod churn;
+mod conn;
+mod idle;
+mod pool;
+mod publisher;
+mod stats;
+mod sys;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::conn::{Endpoint, Target};
+use crate::pool::{Layout, Shared};
+use crate::publisher::PublishPlan;
+use crate::stats::{Integrity, Latency};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard-bench",
+    version,
+    about = "Load generator for Switchboard and its peers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N subscribers on one channel, one publisher at a fixed or maximum rate.
+    Fanout(FanoutArgs),
+    /// Many channels with few subscribers each, one publisher round-robin over them.
+    Channels(ChannelsArgs),
+    /// N subscribed connections held; memory per connection; one broadcast to all.
+    Idle(idle::IdleArgs),
+    /// Connect + subscribe + close cycles per second, sustained.
+    Churn(churn::ChurnArgs),
+}
+
+/// Options every scenario has.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Common {
+    /// Which protocol the server speaks.
+    #[arg(long, value_enum, default_value = "switchboard")]
+    target: Target,
+    /// Server URL; the path defaults per target (/connection/websocket, /, /socket.io/...).
+    #[arg(long, default_value = "ws://127.0.0.1:8000")]
+    url: String,
+    /// Spread connections over this many source addresses 127.0.0.B.. (0 = kernel's choice).
+    /// Each address has its own ~28k ephemeral ports.
+    #[arg(long, default_value_t = 0)]
+    source_addrs: usize,
+    /// First source address's last octet (127.0.0.B).
+    #[arg(long, default_value_t = 2)]
+    source_base: u8,
+    /// Load generator threads (each a current-thread runtime); 1 suits a pinned core.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Handshakes in progress at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Give up connecting after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    connect_timeout: u64,
+    /// The server's PID, to report its RSS and CPU time.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Free text copied into the JSON line (e.g. the peer's name).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Publish through this server instead of `--url` (cluster scenario: publisher on node A,
+    /// subscribers on node B).
+    #[arg(long)]
+    publish_url: Option<String>,
+}
+
+impl Common {
+    pub(crate) fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        Endpoint::new(self.target, &self.url, self.source_addrs, self.source_base)
+    }
+
+    /// The publisher's endpoint when it differs from the subscribers'.
+    pub(crate) fn publish_endpoint(&self) -> anyhow::Result<Option<Endpoint>> {
+        self.publish_url
+            .as_deref()
+            .map(|url| Endpoint::new(self.target, url, self.source_addrs, self.source_base))
+            .transpose()
+    }
+}
+
+/// Publishing options shared by `fanout` and `channels`.
+#[derive(Debug, Clone, Args)]
+struct PublishArgs {
+    /// Messages per second (all channels together); 0 = maximum rate, flow-controlled by
+    /// the slowest subscriber (see --window).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Max rate: messages the publisher may be ahead of the slowest subscriber.
+    #[arg(long, default_value_t = 64)]
+    window: u64,
+    /// Seconds of measured publishing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of publishing before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Stop after this many messages (0 = only the duration bounds the run).
+    #[arg(long, default_value_t = 0)]
+    messages: u64,
+    /// Payload size in bytes (the JSON object each message carries).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Seconds to wait for in-flight messages after the last one was sent.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+}
+
+impl PublishArgs {
+    fn plan(&self) -> PublishPlan {
+        PublishPlan {
+            rate: self.rate,
+            window: self.window,
+            warmup: Duration::from_secs_f64(self.warmup),
+            duration: Duration::from_secs_f64(self.duration),
+            max_messages: self.messages,
+            payload: self.payload.max(40),
+            drain: Duration::from_secs_f64(self.drain),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    publish: PublishArgs,
+    /// Subscribers on the channel.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    subscribers: usize,
+    /// Channel name.
+    #[arg(long, default_value = "bench")]
+    channel: String,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ChannelsArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    publish: PublishArgs,
+    /// Number of channels.
+    #[arg(long, default_value_t = 1000)]
+    channels: usize,
+    /// Subscribers per channel.
+    #[arg(long, default_value_t = 5)]
+    per_channel: usize,
+    /// Channel name prefix (channels are PREFIX0, PREFIX1, ...).
+    #[arg(long, default_value = "room")]
+    prefix: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Fanout(a) => {
+            let layout = Layout {
+                subscribers: a.subscribers,
+                channels: 1,
+                channel_prefix: a.channel.clone(),
+            };
+            publish_scenario("fanout", &a.common, &a.publish, layout)
+        }
+        Scenario::Channels(a) => {
+            if a.common.target == Target::Raw {
+                eprintln!("channels: the raw target has no channels (it broadcasts to everyone)");
+                std::process::exit(2);
+            }
+            let layout = Layout {
+                subscribers: a.channels * a.per_channel,
+                channels: a.channels.max(1),
+                channel_prefix: a.prefix.clone(),
+            };
+            publish_scenario("channels", &a.common, &a.publish, layout)
+        }
+        Scenario::Idle(a) => idle::run(&a),
+        Scenario::Churn(a) => churn::run(&a),
+    };
+    if let Err(e) = result {
+        eprintln!("switchboard-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Checks that `connections` sockets fit under the open-files limit of one process.
+pub(crate) fn check_fd_limit(connections: usize) -> anyhow::Result<()> {
+    if let Some(limit) = sys::open_files_limit() {
+        if connections as u64 + 64 > limit {
+            anyhow::bail!(
+                "{connections} connections need more than this process's open-files limit ({limit}); \
+                 use fewer, raise `ulimit -n`, or (idle) split with --processes"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn publish_scenario(
+    name: &str,
+    common: &Common,
+    publish: &PublishArgs,
+    layout: Layout,
+) -> anyhow::Result<()> {
+    check_fd_limit(layout.subscribers + 1)?;
+    let plan = publish.plan();
+    let flow_control = plan.rate == 0;
+    let shared = Shared::new(
+        common.endpoint()?,
+        common.publish_endpoint()?,
+        layout.clone(),
+        flow_control,
+        common.connect_concurrency,
+    );
+    let server_rss_before = common.server_pid.and_then(sys::rss_bytes);
+    let cpu_before = common.server_pid.and_then(sys::cpu_seconds);
+    let tool_cpu_before = sys::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let t0 = std::time::Instant::now();
+    let connect_timeout = Duration::from_secs(common.connect_timeout);
+    let connect_secs = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
+    let cs = connect_secs.clone();
+    let plan2 = plan.clone();
+    let (published, workers) =
+        pool::run(shared.clone(), common.threads, move |shared| async move {
+            shared.wait_connected(connect_timeout, true).await;
+            *cs.lock().unwrap_or_else(|p| p.into_inner()) = t0.elapsed().as_secs_f64();
+            publisher::run(&shared, &plan2).await
+        })?;
+    let cpu_after = common.server_pid.and_then(sys::cpu_seconds);
+    let server_rss = common.server_pid.and_then(sys::rss_bytes);
+
+    let mut hist = stats::histogram();
+    let mut integrity = Integrity::default();
+    let channels = layout.channels as u64;
+    for w in &workers {
+        let _ = hist.add(&w.latency);
+        for (i, s) in &w.subs {
+            let c = (*i as u64) % channels;
+            let expected = published.sent / channels + u64::from(c < published.sent % channels);
+            if s.ended.as_deref() == Some("connect failed") {
+                continue;
+            }
+            integrity.add(s, expected);
+        }
+    }
+    let latency = Latency::from_histogram(&hist);
+    let delivered = shared.delivered.load(std::sync::atomic::Ordering::Relaxed);
+    let delivered_window = shared
+        .delivered_window
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let dps = if published.window_secs > 0.0 {
+        delivered_window as f64 / published.window_secs
+    } else {
+        0.0
+    };
+    let msg_rate = if published.window_secs > 0.0 {
+        published.sent_window as f64 / published.window_secs
+    } else {
+        0.0
+    };
+    let connected = shared.connected.load(std::sync::atomic::Ordering::Relaxed);
+    let failed = shared.failed.load(std::sync::atomic::Ordering::Relaxed);
+    let connect_errors = shared
+        .connect_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let server_cpu = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+
+    eprintln!(
+        "{name} [{:?}{}] {} subscribers on {} channel(s), rate {}, payload {} B",
+        common.target,
+        if common.label.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", common.label)
+        },
+        layout.subscribers,
+        layout.channels,
+        if plan.rate == 0 {
+            "max".to_string()
+        } else {
+            format!("{}/s", plan.rate)
+        },
+        plan.payload
+    );
+    eprintln!(
+        "  connected {connected}, failed {failed} in {:.1}s{}",
+        *connect_secs.lock().unwrap_or_else(|p| p.into_inner()),
+        if connect_errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({connect_errors:?})")
+        }
+    );
+    if let Some(f) = &published.failure {
+        eprintln!("  publisher failed: {f}");
+    }
+    eprintln!(
+        "  sent {} messages ({:.0}/s over {:.1}s measured), {} deliveries",
+        published.sent, msg_rate, published.window_secs, delivered
+    );
+    eprintln!("  deliveries/s: {dps:.0}");
+    eprintln!(
+        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.p999_ms, latency.max_ms
+    );
+    eprintln!(
+        "  lost {}  duplicated {}  out of order {}  (subscribers affected {}, disconnected {}{})",
+        integrity.lost,
+        integrity.duplicated,
+        integrity.out_of_order,
+        integrity.subscribers_affected,
+        integrity.subscribers_disconnected,
+        if integrity.disconnect_reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {:?}", integrity.disconnect_reasons)
+        }
+    );
+    let elapsed = t0.elapsed().as_secs_f64();
+    if let Some(cpu) = server_cpu {
+        eprintln!(
+            "  server CPU {:.2}s ({:.0}% of the run), RSS {} MiB",
+            cpu,
+            100.0 * cpu / elapsed,
+            server_rss.unwrap_or(0) >> 20
+        );
+    }
+    if let Some(cpu) = sys::cpu_seconds(std::process::id()) {
+        let cpu = cpu - tool_cpu_before;
+        eprintln!(
+            "  load tool CPU {:.2}s ({:.0}% of the run)",
+            cpu,
+            100.0 * cpu / elapsed
+        );
+    }
+    let line = json!({
+        "scenario": name,
+        "target": common.target,
+        "label": common.label,
+        "subscribers": layout.subscribers,
+        "channels": layout.channels,
+        "rate": plan.rate,
+        "window": plan.window,
+        "payload": plan.payload,
+        "duration_s": published.window_secs,
+        "connected": connected,
+        "connect_failed": failed,
+        "connect_errors": connect_errors,
+        "messages_sent": published.sent,
+        "messages_per_sec": msg_rate,
+        "deliveries": delivered,
+        "deliveries_per_sec": dps,
+        "latency": latency,
+        "integrity": integrity,
+        "publish_errors": published.errors,
+        "publisher_failure": published.failure,
+        "barrier_ok": published.barrier_ok,
+        "server_cpu_s": server_cpu,
+        "server_rss_bytes_before": server_rss_before,
+        "server_rss_bytes": server_rss,
+        "tool_rss_bytes": sys::self_rss_bytes(),
+        "tool_cpu_s": sys::cpu_seconds(std::process::id()).map(|c| c - tool_cpu_before),
+        "elapsed_s": t0.elapsed().as_secs_f64(),
+    });
+    println!("{line}");
+    Ok(())
+}

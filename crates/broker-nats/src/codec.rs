@@ -1,0 +1,321 @@
+//! Names and payloads on the wire: subject tokens for channel names, and the JSON bodies of
+//! pub/sub messages, stored publications, stream meta, presence and idempotency entries.
+//!
+//! `switchboard_proto`'s `Publication` and `ClientInfo` only serialise, so decoding goes through
+//! the mirror types here (same field names).
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use switchboard_proto::{ClientInfo, Publication, StreamPosition};
+
+/// A channel name (or client id, or idempotency key) as one subject token / key-value key
+/// segment: unpadded base64url, which uses only `A-Z a-z 0-9 - _`. The empty string, which
+/// base64 would encode as nothing, becomes `_` (a one-character base64 string never occurs).
+pub(crate) fn token(name: &str) -> String {
+    if name.is_empty() {
+        "_".into()
+    } else {
+        URL_SAFE_NO_PAD.encode(name)
+    }
+}
+
+/// Milliseconds since the Unix epoch (wall clock: expiry stamps are compared across nodes, so
+/// nodes need roughly synchronised clocks).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Kind bytes that start a pub/sub message.
+pub(crate) const KIND_PUBLICATION: u8 = b'p';
+pub(crate) const KIND_JOIN: u8 = b'j';
+pub(crate) const KIND_LEAVE: u8 = b'l';
+
+/// A publication on its way between nodes, with its stream's epoch (for gap detection).
+#[derive(Serialize)]
+struct PublicationOut<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    e: &'a str,
+    p: &'a Publication,
+}
+
+#[derive(Deserialize)]
+struct PublicationIn {
+    #[serde(default)]
+    e: String,
+    p: WirePublication,
+}
+
+/// Encodes a pub/sub publication message.
+pub(crate) fn encode_publication(epoch: &str, publication: &Publication) -> Vec<u8> {
+    let mut out = vec![KIND_PUBLICATION];
+    // Plain data with string keys and raw JSON values: serialising cannot fail.
+    serde_json::to_writer(
+        &mut out,
+        &PublicationOut {
+            e: epoch,
+            p: publication,
+        },
+    )
+    .expect("publications serialise");
+    out
+}
+
+/// Encodes a join or leave message.
+pub(crate) fn encode_presence_event(kind: u8, info: &ClientInfo) -> Vec<u8> {
+    let mut out = vec![kind];
+    serde_json::to_writer(&mut out, info).expect("client info serialises");
+    out
+}
+
+/// A decoded pub/sub message.
+pub(crate) enum Incoming {
+    /// A publication and its stream's epoch (empty without history).
+    Publication(String, Publication),
+    /// A join.
+    Join(ClientInfo),
+    /// A leave.
+    Leave(ClientInfo),
+}
+
+/// Decodes a pub/sub message; `None` for anything malformed.
+pub(crate) fn decode_incoming(payload: &[u8]) -> Option<Incoming> {
+    let (&kind, body) = payload.split_first()?;
+    match kind {
+        KIND_PUBLICATION => {
+            let m: PublicationIn = serde_json::from_slice(body).ok()?;
+            Some(Incoming::Publication(m.e, m.p.into()))
+        }
+        KIND_JOIN => Some(Incoming::Join(
+            serde_json::from_slice::<WireClientInfo>(body).ok()?.into(),
+        )),
+        KIND_LEAVE => Some(Incoming::Leave(
+            serde_json::from_slice::<WireClientInfo>(body).ok()?.into(),
+        )),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct WirePublication {
+    data: Box<RawValue>,
+    #[serde(default)]
+    info: Option<WireClientInfo>,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+}
+
+impl From<WirePublication> for Publication {
+    fn from(p: WirePublication) -> Self {
+        Publication {
+            data: p.data,
+            info: p.info.map(Into::into),
+            offset: p.offset,
+            tags: p.tags,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireClientInfo {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: String,
+    #[serde(default)]
+    conn_info: Option<Box<RawValue>>,
+    #[serde(default)]
+    chan_info: Option<Box<RawValue>>,
+}
+
+impl From<WireClientInfo> for ClientInfo {
+    fn from(i: WireClientInfo) -> Self {
+        ClientInfo {
+            user: i.user,
+            client: i.client,
+            conn_info: i.conn_info,
+            chan_info: i.chan_info,
+        }
+    }
+}
+
+/// A publication in the history stream: its epoch, its expiry (ms since the Unix epoch) and
+/// itself (with its offset).
+#[derive(Serialize)]
+struct StoredOut<'a> {
+    e: &'a str,
+    x: u64,
+    p: &'a Publication,
+}
+
+#[derive(Deserialize)]
+struct StoredIn {
+    e: String,
+    x: u64,
+    p: WirePublication,
+}
+
+/// Encodes a publication for the history stream.
+pub(crate) fn encode_stored(epoch: &str, expires_ms: u64, publication: &Publication) -> Vec<u8> {
+    serde_json::to_vec(&StoredOut {
+        e: epoch,
+        x: expires_ms,
+        p: publication,
+    })
+    .expect("publications serialise")
+}
+
+/// Decodes a stored publication: `(epoch, expires_ms, publication)`.
+pub(crate) fn decode_stored(payload: &[u8]) -> Option<(String, u64, Publication)> {
+    let s: StoredIn = serde_json::from_slice(payload).ok()?;
+    Some((s.e, s.x, s.p.into()))
+}
+
+/// A channel's stream meta in the meta bucket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// The stream's epoch.
+    pub(crate) epoch: String,
+    /// The last offset given out.
+    pub(crate) top: u64,
+    /// When the stream position expires (ms since the Unix epoch).
+    pub(crate) expires: u64,
+    /// The history size of the last publication: reads return only offsets above
+    /// `top - size`, whatever the lazily trimmed stream still holds.
+    #[serde(default)]
+    pub(crate) size: u64,
+}
+
+impl Meta {
+    /// A new stream with a fresh epoch.
+    pub(crate) fn fresh(now: u64, ttl_ms: u64) -> Self {
+        Self {
+            epoch: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+            top: 0,
+            expires: now.saturating_add(ttl_ms),
+            size: 0,
+        }
+    }
+
+    pub(crate) fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
+/// A presence entry: the client and when the entry expires.
+#[derive(Serialize)]
+struct PresenceOut<'a> {
+    x: u64,
+    i: &'a ClientInfo,
+}
+
+#[derive(Deserialize)]
+struct PresenceIn {
+    x: u64,
+    i: WireClientInfo,
+}
+
+pub(crate) fn encode_presence(expires_ms: u64, info: &ClientInfo) -> Vec<u8> {
+    serde_json::to_vec(&PresenceOut {
+        x: expires_ms,
+        i: info,
+    })
+    .expect("client info serialises")
+}
+
+pub(crate) fn decode_presence(payload: &[u8]) -> Option<(u64, ClientInfo)> {
+    let p: PresenceIn = serde_json::from_slice(payload).ok()?;
+    Some((p.x, p.i.into()))
+}
+
+/// An idempotency entry: claimed by a publisher (no position yet) or done (the result).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Idempotency {
+    /// Expiry (ms since the Unix epoch) of the claim or of the result.
+    pub(crate) x: u64,
+    /// The result, once published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) r: Option<StreamPosition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication() -> Publication {
+        Publication {
+            data: RawValue::from_string("{\"a\":[1,2]}".into()).unwrap(),
+            info: Some(ClientInfo {
+                user: "u".into(),
+                client: "c".into(),
+                conn_info: Some(RawValue::from_string("\"x\"".into()).unwrap()),
+                chan_info: None,
+            }),
+            offset: 7,
+            tags: HashMap::from([("k".to_string(), "v".to_string())]),
+        }
+    }
+
+    #[test]
+    fn tokens_are_subject_and_key_safe() {
+        for name in ["", "a", "ns:chan.with.dots", "*", ">", "a b", "ü#user,2"] {
+            let t = token(name);
+            assert!(!t.is_empty());
+            assert!(t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        }
+        assert_ne!(token(""), token("_"));
+        assert_ne!(token("a.b"), token("a_b"));
+    }
+
+    #[test]
+    fn publications_round_trip() {
+        let p = publication();
+        let Some(Incoming::Publication(epoch, back)) =
+            decode_incoming(&encode_publication("ep", &p))
+        else {
+            panic!("not a publication");
+        };
+        assert_eq!(epoch, "ep");
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            serde_json::to_string(&p).unwrap()
+        );
+        let (e, x, back) = decode_stored(&encode_stored("ep", 42, &p)).unwrap();
+        assert_eq!((e.as_str(), x), ("ep", 42));
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            serde_json::to_string(&p).unwrap()
+        );
+    }
+
+    #[test]
+    fn joins_leaves_and_presence_round_trip() {
+        let info = publication().info.unwrap();
+        let Some(Incoming::Join(j)) = decode_incoming(&encode_presence_event(KIND_JOIN, &info))
+        else {
+            panic!("not a join");
+        };
+        assert_eq!(j.client, "c");
+        assert!(matches!(
+            decode_incoming(&encode_presence_event(KIND_LEAVE, &info)),
+            Some(Incoming::Leave(_))
+        ));
+        let (x, back) = decode_presence(&encode_presence(9, &info)).unwrap();
+        assert_eq!((x, back.user.as_str()), (9, "u"));
+        assert!(decode_incoming(b"").is_none());
+        assert!(decode_incoming(b"x{}").is_none());
+    }
+}

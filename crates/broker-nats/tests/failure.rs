@@ -1,0 +1,208 @@
+//! NATS failure: a private `nats-server` (JetStream, data in a temporary directory) on a spare
+//! port, killed with SIGKILL and restarted.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use switchboard_hub::{Broker, BrokerError, HistoryFilter, PresenceStore};
+use tokio::process::{Child, Command};
+
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+fn spare_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn start_nats(port: u16, dir: &Path) -> Child {
+    let child = Command::new(NATS_SERVER)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+async fn kill(mut child: Child) {
+    // tokio's kill sends SIGKILL on Unix.
+    child.kill().await.unwrap();
+}
+
+fn is_unavailable<T>(r: &Result<T, BrokerError>) -> bool {
+    matches!(r, Err(BrokerError::Unavailable(_)))
+}
+
+/// Every kind of call answers `Unavailable`, each within `bound`.
+async fn assert_all_unavailable(broker: &switchboard_broker_nats::NatsBroker, bound: Duration) {
+    let ch = "room";
+    let timed = |started: Instant, what: &str| {
+        let took = started.elapsed();
+        assert!(took <= bound, "{what} took {took:?}");
+        took
+    };
+    let t = Instant::now();
+    let r = broker.publish(ch, publication(9), &history_options()).await;
+    assert!(is_unavailable(&r), "publish: {r:?}");
+    let publish_took = timed(t, "publish");
+    let t = Instant::now();
+    let r = broker
+        .publish(ch, publication(9), &Default::default())
+        .await;
+    assert!(is_unavailable(&r), "plain publish: {r:?}");
+    timed(t, "plain publish");
+    let t = Instant::now();
+    let r = broker
+        .history(ch, &HistoryFilter::default(), Duration::from_secs(60))
+        .await;
+    assert!(is_unavailable(&r), "history: {r:?}");
+    timed(t, "history");
+    let t = Instant::now();
+    assert!(is_unavailable(&broker.presence(ch).await));
+    assert!(is_unavailable(
+        &broker
+            .add_presence(ch, &info("u", "c"), Duration::from_secs(5))
+            .await
+    ));
+    assert!(is_unavailable(&broker.subscribe("other").await));
+    assert!(is_unavailable(&broker.publish_control(b"{}").await));
+    assert!(is_unavailable(
+        &broker.publish_join(ch, &info("u", "c")).await
+    ));
+    timed(t, "presence, subscribe, control and join");
+    eprintln!("calls answered Unavailable; a history publish took {publish_took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = spare_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let server = start_nats(port, dir.path()).await;
+
+    let mut config = test_config(&url, &unique_prefix("fail"));
+    config.request_timeout = Duration::from_millis(500);
+    let broker = connect(config, "failing", None).await;
+    let events = Arc::new(Recorder::default());
+    broker.start(events.clone());
+    let ch = "room";
+    broker.subscribe(ch).await.unwrap();
+    let first = broker
+        .publish(ch, publication(1), &history_options())
+        .await
+        .unwrap();
+    eventually("the first publication", Duration::from_secs(5), || {
+        events.offsets(ch) == [1]
+    })
+    .await;
+    assert_eq!(events.gaps(ch), 0);
+
+    // Calls made right after the kill, before or after the client noticed, come back with
+    // Unavailable within the request timeout (plus scheduling slack), never hanging.
+    kill(server).await;
+    let killed = Instant::now();
+    assert_all_unavailable(&broker, Duration::from_millis(1500)).await;
+    eventually("the broker to notice", Duration::from_secs(5), || {
+        !broker.is_connected()
+    })
+    .await;
+    eprintln!("disconnect noticed {:?} after the kill", killed.elapsed());
+    // Once the loss is known, calls fail at once.
+    assert_all_unavailable(&broker, Duration::from_millis(50)).await;
+
+    // Restart with the same data: the client reconnects and resubscribes by itself, reports a
+    // gap for the subscribed channel, and the stream continues where it was.
+    let server = start_nats(port, dir.path()).await;
+    let restarted = Instant::now();
+    broker.ready(Duration::from_secs(15)).await.unwrap();
+    eprintln!("ready again {:?} after the restart", restarted.elapsed());
+    eventually(
+        "a gap for the subscribed channel",
+        Duration::from_secs(5),
+        || events.gaps(ch) >= 1,
+    )
+    .await;
+    let second = broker
+        .publish(ch, publication(2), &history_options())
+        .await
+        .unwrap();
+    // The publish that timed out right after the kill had its offset claim queued in the
+    // client, which sent it after the reconnect: that offset (2) was used up without a
+    // publication. The stream goes on in the same epoch.
+    assert_eq!(second.epoch, first.epoch);
+    assert!(second.offset >= 2, "{second:?}");
+    eventually(
+        "the publication after the restart",
+        Duration::from_secs(5),
+        || events.offsets(ch) == [1, second.offset],
+    )
+    .await;
+    let h = broker
+        .history(ch, &HistoryFilter::default(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let offsets: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [1, second.offset]);
+    assert_eq!(h.position, second);
+    kill(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = spare_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut config = test_config(&url, &unique_prefix("late"));
+    config.request_timeout = Duration::from_millis(500);
+
+    // Nothing listens yet: connect returns, calls answer Unavailable.
+    let t = Instant::now();
+    let broker = switchboard_broker_nats::NatsBroker::connect(config, "early")
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "connect waited for NATS"
+    );
+    let events = Arc::new(Recorder::default());
+    broker.start(events.clone());
+    assert!(!broker.is_connected());
+    assert_all_unavailable(&broker, Duration::from_millis(50)).await;
+
+    // NATS comes up: the broker connects in the background and works.
+    let server = start_nats(port, dir.path()).await;
+    let started = Instant::now();
+    broker.ready(Duration::from_secs(15)).await.unwrap();
+    eprintln!("ready {:?} after NATS started", started.elapsed());
+    broker.subscribe("room").await.unwrap();
+    let pos = broker
+        .publish("room", publication(1), &history_options())
+        .await
+        .unwrap();
+    assert_eq!(pos.offset, 1);
+    eventually("the publication", Duration::from_secs(5), || {
+        events.offsets("room") == [1]
+    })
+    .await;
+    broker.publish_control(b"{}").await.unwrap();
+    eventually("the control message", Duration::from_secs(5), || {
+        events.control.lock().len() == 1
+    })
+    .await;
+    kill(server).await;
+}

@@ -1,0 +1,255 @@
+//! Counters and gauges of one node, kept in relaxed atomics.
+//!
+//! Hot paths update them once per event batch (a fan-out adds its delivery count once), never
+//! per subscriber through a registry lookup. [`Metrics::render_prometheus`] writes them in the
+//! Prometheus text exposition format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use switchboard_proto::{DisconnectCode, ErrorCode};
+
+/// Command methods counted in `switchboard_commands_total`.
+pub(crate) const METHODS: [&str; 13] = [
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence",
+    "presence_stats",
+    "history",
+    "ping",
+    "send",
+    "rpc",
+    "refresh",
+    "sub_refresh",
+    "pong",
+];
+
+/// Node metrics. See the module docs.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections: AtomicI64,
+    subscriptions: AtomicI64,
+    channels: AtomicI64,
+    connections_accepted: AtomicU64,
+    commands: [AtomicU64; METHODS.len()],
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
+    publications: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    disconnects: [AtomicU64; DisconnectCode::ALL.len()],
+    disconnects_other: AtomicU64,
+}
+
+fn inc(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub(crate) fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        inc(&self.connections_accepted);
+    }
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(crate) fn subscriptions_changed(&self, delta: i64) {
+        self.subscriptions.fetch_add(delta, Ordering::Relaxed);
+    }
+    pub(crate) fn channels_changed(&self, delta: i64) {
+        self.channels.fetch_add(delta, Ordering::Relaxed);
+    }
+    pub(crate) fn command(&self, method: &str) {
+        if let Some(i) = METHODS.iter().position(|m| *m == method) {
+            inc(&self.commands[i]);
+        }
+    }
+    /// Counts incoming protocol messages (commands), `n` at a time.
+    pub fn messages_in(&self, n: u64) {
+        self.messages_in.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts outgoing protocol messages (replies and pushes) and their bytes.
+    pub fn messages_out(&self, n: u64, bytes: u64) {
+        self.messages_out.fetch_add(n, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub(crate) fn publication(&self) {
+        inc(&self.publications);
+    }
+    pub(crate) fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|e| e.code == code.code) {
+            inc(&self.errors[i]);
+        }
+    }
+    /// Counts a disconnect by code.
+    pub fn disconnect(&self, code: DisconnectCode) {
+        match DisconnectCode::ALL.iter().position(|d| d.code == code.code) {
+            Some(i) => inc(&self.disconnects[i]),
+            None => inc(&self.disconnects_other),
+        }
+    }
+
+    /// Current number of connections.
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+    /// Current number of subscriptions (connection x channel).
+    pub fn subscriptions(&self) -> i64 {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+    /// Current number of channels with local subscribers.
+    pub fn channels(&self) -> i64 {
+        self.channels.load(Ordering::Relaxed)
+    }
+    /// Disconnects so far with `code`.
+    pub fn disconnects_with(&self, code: DisconnectCode) -> u64 {
+        DisconnectCode::ALL
+            .iter()
+            .position(|d| d.code == code.code)
+            .map_or(0, |i| self.disconnects[i].load(Ordering::Relaxed))
+    }
+
+    /// Appends every metric in the Prometheus text format to `out`.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        gauge(
+            out,
+            "switchboard_connections",
+            "Open client connections.",
+            self.connections(),
+        );
+        gauge(
+            out,
+            "switchboard_subscriptions",
+            "Client subscriptions (connection x channel).",
+            self.subscriptions(),
+        );
+        gauge(
+            out,
+            "switchboard_channels",
+            "Channels with local subscribers.",
+            self.channels(),
+        );
+        counter(
+            out,
+            "switchboard_connections_accepted_total",
+            "Connections accepted.",
+            load(&self.connections_accepted),
+        );
+        header(
+            out,
+            "switchboard_commands_total",
+            "Client commands by method.",
+            "counter",
+        );
+        for (m, c) in METHODS.iter().zip(&self.commands) {
+            let _ = writeln!(
+                out,
+                "switchboard_commands_total{{method=\"{m}\"}} {}",
+                load(c)
+            );
+        }
+        counter(
+            out,
+            "switchboard_messages_in_total",
+            "Protocol messages received from clients.",
+            load(&self.messages_in),
+        );
+        counter(
+            out,
+            "switchboard_messages_out_total",
+            "Protocol messages (replies and pushes) sent to clients.",
+            load(&self.messages_out),
+        );
+        counter(
+            out,
+            "switchboard_bytes_out_total",
+            "Payload bytes sent to clients.",
+            load(&self.bytes_out),
+        );
+        counter(
+            out,
+            "switchboard_publications_total",
+            "Publications fanned out by this node.",
+            load(&self.publications),
+        );
+        header(
+            out,
+            "switchboard_errors_total",
+            "Error replies by code.",
+            "counter",
+        );
+        for (e, c) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(
+                out,
+                "switchboard_errors_total{{code=\"{}\",message=\"{}\"}} {}",
+                e.code,
+                e.message,
+                load(c)
+            );
+        }
+        header(
+            out,
+            "switchboard_disconnects_total",
+            "Server-initiated disconnects by code.",
+            "counter",
+        );
+        for (d, c) in DisconnectCode::ALL.iter().zip(&self.disconnects) {
+            let _ = writeln!(
+                out,
+                "switchboard_disconnects_total{{code=\"{}\",reason=\"{}\"}} {}",
+                d.code,
+                d.reason,
+                load(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "switchboard_disconnects_total{{code=\"other\",reason=\"other\"}} {}",
+            load(&self.disconnects_other)
+        );
+        counter(
+            out,
+            "switchboard_slow_disconnects_total",
+            "Connections closed because their outbound queue overflowed.",
+            self.disconnects_with(DisconnectCode::SLOW),
+        );
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::default();
+        m.command("subscribe");
+        m.error(ErrorCode::PERMISSION_DENIED);
+        m.disconnect(DisconnectCode::SLOW);
+        let mut s = String::new();
+        m.render_prometheus(&mut s);
+        assert!(s.contains("switchboard_commands_total{method=\"subscribe\"} 1"));
+        assert!(
+            s.contains("switchboard_errors_total{code=\"103\",message=\"permission denied\"} 1")
+        );
+        assert!(s.contains("switchboard_slow_disconnects_total 1"));
+        assert!(s.contains("# TYPE switchboard_connections gauge"));
+    }
+}

@@ -1,0 +1,254 @@
+//! A connection's bounded outbound queue, shared between the hub (producers) and the
+//! connection's transport task (the one consumer).
+//!
+//! Items are encoded messages ([`Bytes`], usually shared by every subscriber of a publication).
+//! The queue holds no allocation while empty. When the queued bytes exceed the configured limit
+//! the queue is cleared and closed with [`DisconnectCode::SLOW`]: a slow consumer is disconnected
+//! with a code instead of growing the server's memory (the client reconnects and recovers).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use switchboard_proto::DisconnectCode;
+
+use crate::client::Control;
+
+/// What the consumer gets from [`Outbound::poll_drain`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Control requests are waiting: take them with [`Outbound::take_controls`] (the session
+    /// does, in [`crate::Client::apply_controls`]).
+    Controls,
+    /// Items were moved into the caller's buffer.
+    Items,
+    /// The queue was closed; send what was drained (if anything) then disconnect with this code.
+    Closed(DisconnectCode),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    controls: Vec<Control>,
+    items: VecDeque<Bytes>,
+    bytes: usize,
+    waker: Option<Waker>,
+    closed: Option<DisconnectCode>,
+}
+
+/// The outbound queue. See the module docs.
+#[derive(Debug)]
+pub struct Outbound {
+    state: Mutex<State>,
+    max_bytes: usize,
+    closed: AtomicBool,
+}
+
+/// Result of [`Outbound::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued.
+    Queued,
+    /// The queue is closed; the item was dropped.
+    Closed,
+    /// The item overflowed the queue, which is now closed with [`DisconnectCode::SLOW`].
+    Overflow,
+}
+
+impl Outbound {
+    /// An empty queue that holds at most `max_bytes` (at least one item is always accepted).
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            max_bytes,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues one encoded message and wakes the consumer.
+    pub fn push(&self, item: Bytes) -> PushOutcome {
+        if self.closed.load(Ordering::Relaxed) {
+            return PushOutcome::Closed;
+        }
+        let waker;
+        let outcome;
+        {
+            let mut state = self.state.lock();
+            if state.closed.is_some() {
+                return PushOutcome::Closed;
+            }
+            if state.bytes + item.len() > self.max_bytes && !state.items.is_empty() {
+                state.items = VecDeque::new();
+                state.bytes = 0;
+                state.closed = Some(DisconnectCode::SLOW);
+                self.closed.store(true, Ordering::Relaxed);
+                outcome = PushOutcome::Overflow;
+            } else {
+                state.bytes += item.len();
+                state.items.push_back(item);
+                outcome = PushOutcome::Queued;
+            }
+            waker = state.waker.take();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+        outcome
+    }
+
+    /// Closes the queue with `code`: queued items are still delivered, then the consumer
+    /// disconnects. The first close wins.
+    pub fn close(&self, code: DisconnectCode) {
+        let waker = {
+            let mut state = self.state.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            state.closed = Some(code);
+            self.closed.store(true, Ordering::Relaxed);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Queues a control request for the session (server-side subscribe, unsubscribe, refresh)
+    /// and wakes the consumer. Returns false when the queue is closed.
+    pub(crate) fn push_control(&self, control: Control) -> bool {
+        let waker = {
+            let mut state = self.state.lock();
+            if state.closed.is_some() {
+                return false;
+            }
+            state.controls.push(control);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Takes the queued control requests.
+    pub fn take_controls(&self) -> Vec<Control> {
+        std::mem::take(&mut self.state.lock().controls)
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Moves queued items into `into` (up to `max_items`), or registers the consumer's waker
+    /// and returns `Pending` when there is nothing to do.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut Vec<Bytes>,
+        max_items: usize,
+    ) -> Poll<Drained> {
+        let mut state = self.state.lock();
+        if !state.controls.is_empty() && state.closed.is_none() {
+            return Poll::Ready(Drained::Controls);
+        }
+        if !state.items.is_empty() {
+            let n = state.items.len().min(max_items);
+            let mut taken = 0;
+            for item in state.items.drain(..n) {
+                taken += item.len();
+                into.push(item);
+            }
+            state.bytes -= taken;
+            if state.items.is_empty() && state.items.capacity() > 64 {
+                state.items = VecDeque::new();
+            }
+            return Poll::Ready(Drained::Items);
+        }
+        if let Some(code) = state.closed {
+            return Poll::Ready(Drained::Closed(code));
+        }
+        match &mut state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// `Ready` when something is waiting (items, controls, or the queue was closed), without
+    /// taking it; otherwise registers the consumer's waker.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.lock();
+        if !state.items.is_empty() || !state.controls.is_empty() || state.closed.is_some() {
+            return Poll::Ready(());
+        }
+        match &mut state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn drain(q: &Outbound) -> Poll<(Drained, Vec<Bytes>)> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut v = Vec::new();
+        q.poll_drain(&mut cx, &mut v, 100).map(|d| (d, v))
+    }
+
+    #[test]
+    fn fifo_and_pending_when_empty() {
+        let q = Outbound::new(100);
+        assert!(drain(&q).is_pending());
+        assert_eq!(q.push(Bytes::from_static(b"a")), PushOutcome::Queued);
+        assert_eq!(q.push(Bytes::from_static(b"b")), PushOutcome::Queued);
+        let Poll::Ready((Drained::Items, v)) = drain(&q) else {
+            panic!()
+        };
+        assert_eq!(v, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn overflow_closes_with_slow() {
+        let q = Outbound::new(10);
+        assert_eq!(q.push(Bytes::from(vec![0; 8])), PushOutcome::Queued);
+        assert_eq!(q.push(Bytes::from(vec![0; 8])), PushOutcome::Overflow);
+        assert_eq!(q.push(Bytes::from(vec![0; 1])), PushOutcome::Closed);
+        let Poll::Ready((Drained::Closed(code), v)) = drain(&q) else {
+            panic!()
+        };
+        assert_eq!(code, DisconnectCode::SLOW);
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn one_big_item_is_accepted_when_empty() {
+        let q = Outbound::new(4);
+        assert_eq!(q.push(Bytes::from(vec![0; 8])), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn close_delivers_queued_first() {
+        let q = Outbound::new(100);
+        q.push(Bytes::from_static(b"x"));
+        q.close(DisconnectCode::SHUTDOWN);
+        q.close(DisconnectCode::SLOW);
+        assert!(matches!(drain(&q), Poll::Ready((Drained::Items, _))));
+        assert!(matches!(
+            drain(&q),
+            Poll::Ready((Drained::Closed(DisconnectCode::SHUTDOWN), _))
+        ));
+    }
+}

@@ -1,0 +1,639 @@
+//! Server configuration: `switchboard.toml` < `SWITCHBOARD_*` environment variables < flags.
+//!
+//! Loading works on a TOML table: the file (if any) is read, environment variables and flags are
+//! written over it, then the mode's defaults fill what is still unset, and the result is
+//! deserialised. [`load`] reports every invalid field with its path, not only the first.
+//! docs/CONFIG.md documents every option.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchboard_hub::{ChannelConfig, ClientConfig, HubConfig};
+use toml::{Table, Value};
+
+/// Prefix of environment variables that override the file. Nested keys are separated by `__`:
+/// `SWITCHBOARD_CLIENT__PING_INTERVAL=5s` sets `client.ping_interval`.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Top-level keys; environment variables whose first segment is not one of these are ignored
+/// (so that variables like `SWITCHBOARD_FULL` used by scripts do not break the server).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "mode",
+    "address",
+    "node_name",
+    "log",
+    "client",
+    "channel",
+    "shutdown",
+    "broker",
+    "api",
+    "demos",
+    "tls",
+    "proxy",
+];
+
+/// Development or production defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Open defaults for local development: anonymous clients may subscribe and publish on any
+    /// channel, the server API needs no key on loopback, demos are served.
+    Development,
+    /// Everything closed unless the configuration opens it.
+    Production,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Development => "development",
+            Mode::Production => "production",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Development or production (see [`Mode`]).
+    pub mode: Mode,
+    /// Address to listen on. Default `127.0.0.1:8000`.
+    #[serde(default = "default_address")]
+    pub address: SocketAddr,
+    /// Node name shown in `info` and logs. Default: the host name.
+    #[serde(default = "default_node_name")]
+    pub node_name: String,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Client connection limits and timings.
+    #[serde(default)]
+    pub client: ClientConfig,
+    /// Channels and namespaces.
+    #[serde(default)]
+    pub channel: ChannelConfig,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Broker selection.
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// Server HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Demo applications.
+    #[serde(default)]
+    pub demos: DemosConfig,
+    /// TLS termination.
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
+    /// Backend proxies.
+    #[serde(default)]
+    pub proxy: switchboard_hub::ProxyConfig,
+}
+
+fn default_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8000))
+}
+
+fn default_node_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "switchboard".into())
+}
+
+impl Config {
+    /// The hub's part of the configuration.
+    pub fn hub(&self) -> HubConfig {
+        let mut hub = HubConfig::default();
+        hub.client = self.client.clone();
+        hub.channel = self.channel.clone();
+        hub.proxy = self.proxy.clone();
+        hub
+    }
+
+    /// The configuration a bare `switchboard` runs with (development mode, no file).
+    pub fn development() -> Self {
+        load(&Sources::default()).expect("the development defaults are valid")
+    }
+}
+
+/// Logging options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct LogConfig {
+    /// `tracing` filter: a level (`info`) or directives (`info,switchboard_hub=debug`).
+    /// Default `info`. `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Graceful shutdown options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ShutdownConfig {
+    /// How long to wait for connections to close after telling them to reconnect elsewhere.
+    /// Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Broker selection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct BrokerConfig {
+    /// Which broker carries publications between nodes.
+    #[serde(rename = "type")]
+    pub kind: BrokerKind,
+    /// Redis options (`[broker.redis]`), used with `type = "redis"`.
+    pub redis: switchboard_broker_redis::RedisConfig,
+    /// NATS options (`[broker.nats]`), used with `type = "nats"`.
+    pub nats: switchboard_broker_nats::NatsConfig,
+}
+
+/// Available brokers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// In-process; one node only.
+    #[default]
+    Memory,
+    /// Redis: pub/sub between nodes, history, positions and presence in Redis.
+    Redis,
+    /// NATS: pub/sub between nodes; history, positions and presence in JetStream.
+    Nats,
+}
+
+/// Server API options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ApiConfig {
+    /// API key expected in `X-API-Key` or `Authorization: apikey KEY`. Empty: the API is disabled
+    /// unless `insecure` is on.
+    pub key: String,
+    /// Serve the API without a key (development mode turns this on; it then only answers
+    /// requests from loopback addresses).
+    pub insecure: bool,
+}
+
+/// Demo applications options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct DemosConfig {
+    /// Serve the demo applications at `/`. Default false (true in development mode).
+    pub enabled: bool,
+}
+
+/// Where configuration comes from, in increasing precedence after the file.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `switchboard.toml` path, if any.
+    pub file: Option<PathBuf>,
+    /// Environment variables (name, value); normally `std::env::vars()`.
+    pub env: Vec<(String, String)>,
+    /// Values from command-line flags, as (dotted key, TOML value).
+    pub flags: Vec<(String, Value)>,
+}
+
+impl Sources {
+    /// Sources from the process environment and the given file and flags.
+    pub fn from_env(file: Option<PathBuf>, flags: Vec<(String, Value)>) -> Self {
+        Self {
+            file,
+            env: std::env::vars().collect(),
+            flags,
+        }
+    }
+}
+
+/// Every problem found in a configuration, one line each with the field's path.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .problems.join("\n  "))]
+pub struct ConfigError {
+    /// One message per invalid field.
+    pub problems: Vec<String>,
+}
+
+/// Loads and validates the configuration from `sources`.
+pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut table = match &sources.file {
+        Some(path) => read_file(path).map_err(|p| ConfigError { problems: vec![p] })?,
+        None => Table::new(),
+    };
+    for (name, raw) in &sources.env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
+            continue;
+        }
+        if let Err(p) = set_path(&mut table, &path, parse_env_value(raw)) {
+            problems.push(format!("{name}: {p}"));
+        }
+    }
+    for (key, value) in &sources.flags {
+        let path: Vec<String> = key.split('.').map(str::to_string).collect();
+        if let Err(p) = set_path(&mut table, &path, value.clone()) {
+            problems.push(format!("--{key}: {p}"));
+        }
+    }
+    let mode = match table.get("mode") {
+        Some(Value::String(s)) if s == "development" => Mode::Development,
+        Some(Value::String(s)) if s == "production" => Mode::Production,
+        Some(_) => Mode::Production, // reported as invalid by deserialisation below
+        None if sources.file.is_some() => Mode::Production,
+        None => Mode::Development,
+    };
+    table
+        .entry("mode")
+        .or_insert_with(|| Value::String(mode.as_str().into()));
+    if mode == Mode::Development {
+        apply_development_defaults(&mut table);
+    }
+    let config = deserialize_collecting(table, &mut problems);
+    if let Some(config) = &config {
+        problems.extend(validate(config));
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Table, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    text.parse::<Table>()
+        .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))
+}
+
+fn parse_env_value(raw: &str) -> Value {
+    // Numbers, booleans, arrays and inline tables parse as TOML; everything else is a string.
+    match format!("v = {raw}").parse::<Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.into())),
+        Err(_) => Value::String(raw.into()),
+    }
+}
+
+fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for (i, key) in parents.iter().enumerate() {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{} is not a table", parents[..=i].join(".")))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Development mode: open everything that is not set explicitly.
+fn apply_development_defaults(table: &mut Table) {
+    fn fill(table: &mut Table, key: &str, value: Value) {
+        table.entry(key).or_insert(value);
+    }
+    fn section<'a>(table: &'a mut Table, key: &str) -> Option<&'a mut Table> {
+        table
+            .entry(key)
+            .or_insert_with(|| Value::Table(Table::new()))
+            .as_table_mut()
+    }
+    const OPEN_NAMESPACE: &[&str] = &[
+        "allow_subscribe_for_client",
+        "allow_subscribe_for_anonymous",
+        "allow_publish_for_client",
+        "allow_publish_for_anonymous",
+        "allow_presence_for_client",
+        "allow_presence_for_anonymous",
+        "allow_history_for_client",
+        "allow_history_for_anonymous",
+    ];
+    if let Some(client) = section(table, "client") {
+        fill(client, "allow_anonymous", Value::Boolean(true));
+        fill(
+            client,
+            "allowed_origins",
+            Value::Array(vec![Value::String("*".into())]),
+        );
+    }
+    if let Some(api) = section(table, "api") {
+        fill(api, "insecure", Value::Boolean(true));
+    }
+    if let Some(demos) = section(table, "demos") {
+        fill(demos, "enabled", Value::Boolean(true));
+    }
+    if let Some(channel) = section(table, "channel") {
+        fill(channel, "allow_unknown_namespaces", Value::Boolean(true));
+        if let Some(default) = section(channel, "default") {
+            for key in OPEN_NAMESPACE {
+                fill(default, key, Value::Boolean(true));
+            }
+        }
+        if let Some(Value::Array(namespaces)) = channel.get_mut("namespaces") {
+            for ns in namespaces.iter_mut().filter_map(Value::as_table_mut) {
+                for key in OPEN_NAMESPACE {
+                    fill(ns, key, Value::Boolean(true));
+                }
+            }
+        }
+    }
+}
+
+/// Deserialises `table`; on each error records it with its path, removes the offending value
+/// and tries again, so that every invalid field is reported in one run.
+fn deserialize_collecting(table: Table, problems: &mut Vec<String>) -> Option<Config> {
+    use serde_path_to_error::Segment;
+    let mut root = Value::Table(table);
+    for _ in 0..64 {
+        let err = match serde_path_to_error::deserialize::<_, Config>(root.clone()) {
+            Ok(config) => return Some(config),
+            Err(err) => err,
+        };
+        let message = err.inner().to_string();
+        let message = message.lines().next().unwrap_or_default();
+        // "unknown field `x`, expected one of ..." lists every field; the name is enough.
+        let message = message
+            .split(", expected one of")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let mut segments: Vec<Segment> = err.path().iter().cloned().collect();
+        let mut shown = err.path().to_string();
+        let already_named =
+            |field: &str| matches!(segments.last(), Some(Segment::Map { key }) if key == field);
+        if let Some(field) = backticked(&message, "unknown field `").filter(|f| !already_named(f)) {
+            // Reported at the parent; the culprit is the named field.
+            segments.push(Segment::Map {
+                key: field.to_string(),
+            });
+            shown = if shown == "." {
+                field.to_string()
+            } else {
+                format!("{shown}.{field}")
+            };
+        }
+        problems.push(if shown == "." {
+            message.clone()
+        } else {
+            format!("{shown}: {message}")
+        });
+        // A missing field is reported at its parent: drop the parent so the rest is checked.
+        if !remove_at(&mut root, &segments) {
+            return None;
+        }
+    }
+    None
+}
+
+fn backticked<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split('`').next()
+}
+
+/// Removes the value at `segments`; false when there is nothing to remove there.
+fn remove_at(value: &mut Value, segments: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    match segments {
+        [] => false,
+        [last] => match (value, last) {
+            (Value::Table(t), Segment::Map { key }) => t.remove(key.as_str()).is_some(),
+            (Value::Array(a), Segment::Seq { index }) if *index < a.len() => {
+                a.remove(*index);
+                true
+            }
+            _ => false,
+        },
+        [first, rest @ ..] => {
+            let child = match (value, first) {
+                (Value::Table(t), Segment::Map { key }) => t.get_mut(key.as_str()),
+                (Value::Array(a), Segment::Seq { index }) => a.get_mut(*index),
+                _ => None,
+            };
+            child.is_some_and(|c| remove_at(c, rest))
+        }
+    }
+}
+
+fn validate(config: &Config) -> Vec<String> {
+    let mut problems = config.channel.validate();
+    let c = &config.client;
+    if c.max_message_size < 64 {
+        problems.push("client.max_message_size: must be at least 64 bytes".into());
+    }
+    if c.max_queue_bytes < c.max_message_size.min(64 * 1024) {
+        problems.push("client.max_queue_bytes: must be at least 64 KiB or max_message_size".into());
+    }
+    if c.max_channels == 0 {
+        problems.push("client.max_channels: must be greater than 0".into());
+    }
+    if c.handshake_timeout.is_zero() {
+        problems.push("client.handshake_timeout: must be greater than 0".into());
+    }
+    if !c.ping_interval.is_zero() && c.pong_timeout >= c.ping_interval {
+        problems.push("client.pong_timeout: must be shorter than client.ping_interval".into());
+    }
+    if !c.ping_interval.is_zero() && c.ping_interval < Duration::from_secs(1) {
+        problems.push("client.ping_interval: must be at least 1s (or 0 to disable)".into());
+    }
+    for (path, token) in [
+        ("client.token", &c.token),
+        ("client.subscription_token", &c.subscription_token),
+    ] {
+        if let Err(e) = switchboard_hub::auth::TokenVerifier::new(token) {
+            problems.push(format!("{path}.{e}"));
+        }
+    }
+    if config.tls.is_enabled() {
+        if let Err(e) = config.tls.acceptor() {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    if config
+        .log
+        .level
+        .parse::<tracing_subscriber::EnvFilter>()
+        .is_err()
+    {
+        problems.push(format!(
+            "log.level: {:?} is not a valid filter",
+            config.log.level
+        ));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&Sources {
+            file: Some(path),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            flags: vec![],
+        })
+    }
+
+    #[test]
+    fn bare_run_is_development_and_open() {
+        let c = load(&Sources::default()).unwrap();
+        assert_eq!(c.mode, Mode::Development);
+        assert!(c.client.allow_anonymous);
+        assert!(c.channel.default.allow_publish_for_client);
+        assert!(c.channel.allow_unknown_namespaces);
+        assert!(c.api.insecure);
+        assert!(c.demos.enabled);
+        assert_eq!(c.address, default_address());
+    }
+
+    #[test]
+    fn a_config_file_means_production() {
+        let c = from_toml("", &[]).unwrap();
+        assert_eq!(c.mode, Mode::Production);
+        assert!(!c.client.allow_anonymous);
+        assert!(!c.channel.default.allow_subscribe_for_client);
+        assert!(!c.api.insecure);
+        assert!(!c.demos.enabled);
+    }
+
+    #[test]
+    fn explicit_settings_win_over_development_defaults() {
+        let c = from_toml(
+            r#"
+            mode = "development"
+            [channel.default]
+            allow_publish_for_client = false
+            [[channel.namespaces]]
+            name = "chat"
+            allow_subscribe_for_anonymous = false
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert!(!c.channel.default.allow_publish_for_client);
+        assert!(c.channel.default.allow_subscribe_for_client);
+        assert!(c.channel.namespaces[0].allow_subscribe_for_client);
+        assert!(!c.channel.namespaces[0].allow_subscribe_for_anonymous);
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "address = \"127.0.0.1:1\"\n[client]\nping_interval = \"10s\"\n",
+        )
+        .unwrap();
+        let c = load(&Sources {
+            file: Some(path),
+            env: vec![
+                ("SWITCHBOARD_ADDRESS".into(), "127.0.0.1:2".into()),
+                ("SWITCHBOARD_CLIENT__PING_INTERVAL".into(), "20s".into()),
+                ("SWITCHBOARD_CLIENT__MAX_CHANNELS".into(), "7".into()),
+                ("SWITCHBOARD_FULL".into(), "1".into()),
+            ],
+            flags: vec![("address".into(), Value::String("127.0.0.1:3".into()))],
+        })
+        .unwrap();
+        assert_eq!(c.address.port(), 3);
+        assert_eq!(c.client.ping_interval, Duration::from_secs(20));
+        assert_eq!(c.client.max_channels, 7);
+    }
+
+    #[test]
+    fn reports_every_invalid_field_with_its_path() {
+        let err = from_toml(
+            r#"
+            address = "not an address"
+            colour = "blue"
+            [client]
+            ping_interval = "soon"
+            max_channels = -1
+            [[channel.namespaces]]
+            name = "bad name"
+            allow_publish_for_clients = true
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("address"), "{all}");
+        assert!(all.contains("colour"), "{all}");
+        assert!(all.contains("client.ping_interval"), "{all}");
+        assert!(all.contains("client.max_channels"), "{all}");
+        assert!(all.contains("allow_publish_for_clients"), "{all}");
+        assert!(all.contains("channel.namespaces[0].name"), "{all}");
+        assert!(err.problems.len() >= 6, "{all}");
+    }
+
+    #[test]
+    fn semantic_checks() {
+        let err = from_toml(
+            "[client]\nping_interval = \"5s\"\npong_timeout = \"6s\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.problems[0].contains("client.pong_timeout"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = from_toml("[client\n", &[]).unwrap_err();
+        assert!(err.problems[0].contains("switchboard.toml"));
+    }
+}

@@ -1,0 +1,284 @@
+//! The Switchboard server: transports, operations endpoints, configuration and the process
+//! lifecycle (startup, graceful shutdown) around a [`switchboard_hub::Hub`].
+//!
+//! The `switchboard` binary is a thin CLI over [`Server`]; integration tests start a
+//! [`Server`] on an ephemeral port the same way.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod glob;
+pub mod jwks;
+pub mod ops;
+pub mod origin;
+pub mod proxy;
+pub mod tls;
+pub mod token;
+pub mod transport;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::serve::ListenerExt;
+use switchboard_broker_nats::NatsBroker;
+use switchboard_broker_redis::RedisBroker;
+use switchboard_hub::{Hub, MemoryBroker};
+use switchboard_proto::DisconnectCode;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::AppState;
+use crate::config::{BrokerKind, Config, Mode};
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    hub: Hub,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.address` (port 0 picks a free port) and starts serving in the background.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let listener =
+            bind(config.address).with_context(|| format!("cannot listen on {}", config.address))?;
+        let addr = listener.local_addr()?;
+        let name = config.node_name.clone();
+        let hub = match config.broker.kind {
+            BrokerKind::Memory => {
+                let memory = MemoryBroker::shared();
+                Hub::with_presence(config.hub(), memory.clone(), memory, name)
+            }
+            BrokerKind::Redis => {
+                let redis = RedisBroker::connect(config.broker.redis.clone(), name.clone())
+                    .await
+                    .context("broker.redis")?;
+                Hub::with_presence(config.hub(), redis.clone(), redis, name)
+            }
+            BrokerKind::Nats => {
+                let nats = Arc::new(
+                    NatsBroker::connect(config.broker.nats.clone(), &name)
+                        .await
+                        .context("broker.nats")?,
+                );
+                Hub::with_presence(config.hub(), nats.clone(), nats, name)
+            }
+        };
+        if config.proxy.any() {
+            hub.set_proxy(Arc::new(proxy::HttpProxy::new(&config.proxy)?));
+        }
+        if !config.client.token.jwks_url.is_empty()
+            || !config.client.subscription_token.jwks_url.is_empty()
+        {
+            jwks::spawn_refresh(hub.clone(), &config);
+        }
+        if config.mode == Mode::Development {
+            tracing::warn!(
+                "development mode: anonymous clients may subscribe and publish on any channel, \
+                 the server API is open without a key on loopback, demos are served; \
+                 use --mode production or a config file for anything else"
+            );
+        }
+        let tasks = TaskTracker::new();
+        let state = AppState {
+            hub: hub.clone(),
+            config: Arc::new(config.clone()),
+            tasks: tasks.clone(),
+        };
+        let router = app::router(state);
+        let shutdown = CancellationToken::new();
+        let drain_timeout = config.shutdown.drain_timeout;
+        let tls = if config.tls.is_enabled() {
+            Some(config.tls.acceptor()?)
+        } else {
+            None
+        };
+        let done = tokio::spawn(serve(
+            listener,
+            router,
+            tls,
+            hub.clone(),
+            tasks,
+            shutdown.clone(),
+            drain_timeout,
+        ));
+        tracing::info!(%addr, node = %hub.node().name, "switchboard listening");
+        Ok(Self {
+            addr,
+            hub,
+            shutdown,
+            done,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's hub.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Starts a graceful shutdown and waits until it is complete.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Runs until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        tokio::select! {
+            _ = signal => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        self.shutdown().await;
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // A deep backlog absorbs reconnect storms (every client of a restarted node at once).
+    socket.listen(4096)
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<TlsAcceptor>,
+    hub: Hub,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let stop_accepting = shutdown.clone();
+    let http = match tls {
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let http = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop_accepting.cancelled().await });
+            tokio::spawn(async move {
+                if let Err(e) = http.await {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            })
+        }
+        Some(acceptor) => tokio::spawn(serve_tls(listener, router, acceptor, stop_accepting)),
+    };
+    shutdown.cancelled().await;
+    let told = hub.shutdown(DisconnectCode::SHUTDOWN);
+    tracing::info!(
+        connections = told,
+        ?drain_timeout,
+        "shutting down: clients told to reconnect"
+    );
+    tasks.close();
+    if tokio::time::timeout(drain_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = hub.metrics().connections(),
+            "drain timeout; closing the rest"
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
+    tracing::info!("shutdown complete");
+}
+
+/// Accepts TLS connections until `shutdown`, serving HTTP/1.1 (with upgrades) on each.
+async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt as _;
+
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    router.clone().oneshot(req)
+                },
+            );
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "https connection ended with an error");
+            }
+        });
+    }
+}
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,6 @@
+//! Client transports: each adapts one way of carrying the protocol onto the hub's [`Client`]
+//! session and its outbound queue.
+//!
+//! [`Client`]: switchboard_hub::Client
+
+pub mod websocket;

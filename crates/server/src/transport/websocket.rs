@@ -1,0 +1,321 @@
+//! `GET /connection/websocket`: the native protocol over WebSocket.
+//!
+//! One task per connection drives everything: reading frames, running the hub session, writing
+//! what the session's outbound queue holds, and the session's timers. It polls all of them in one
+//! `poll_fn`, so an idle connection is a parked task with no buffers: the socket reads through a
+//! thread-local scratch buffer, and the queue and write buffer are empty.
+//!
+//! The session's futures (command handling, timers, controls) can be large (they may call
+//! brokers and proxies); they are boxed while they run so that the parked connection task stays
+//! small.
+//!
+//! Writes are coalesced: everything queued since the last write goes out as one text frame of
+//! newline-separated JSON messages (up to [`MAX_BATCH_ITEMS`] messages per frame). While the
+//! socket cannot take more bytes, the queue is not drained, so a client that does not read makes
+//! its queue grow until the hub disconnects it with 3008 "slow".
+
+use std::future::{poll_fn, Future};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use switchboard_hub::{Client, Drained, Hub, TransportInfo};
+use switchboard_proto::DisconnectCode;
+use switchboard_ws::{validate_upgrade, Message, Role, WsConfig, WsSocket};
+
+use crate::app::AppState;
+
+/// Most messages coalesced into one WebSocket frame.
+pub const MAX_BATCH_ITEMS: usize = 256;
+
+/// How long to wait for the peer's close frame after sending ours.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+const TRANSPORT: TransportInfo = TransportInfo::new("websocket", true);
+
+/// The upgrade handler.
+pub async fn handler(State(state): State<AppState>, mut req: Request) -> Response {
+    if !crate::origin::allowed(req.headers(), &state.hub.config().client.allowed_origins) {
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    let ws_config = ws_config(&state.hub);
+    let upgrade = match validate_upgrade(req.headers(), req.method(), &ws_config) {
+        Ok(u) => u,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("websocket upgrade failed: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // Boxed: the session then lives once on the heap instead of in several slots of the task.
+    let client = state
+        .hub
+        .accept_with_headers(
+            TRANSPORT,
+            req.headers()
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+        )
+        .map(Box::new);
+    state.tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let socket = WsSocket::with_deflate(io, Role::Server, ws_config, upgrade.deflate);
+                run(Box::new(socket), client).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    response.headers_mut().extend(upgrade.response_headers());
+    response
+}
+
+/// The WebSocket limits derived from the hub's client options.
+pub fn ws_config(hub: &Hub) -> WsConfig {
+    WsConfig::default()
+        .max_message_size(hub.config().client.max_message_size)
+        .close_timeout(CLOSE_TIMEOUT)
+}
+
+enum Event {
+    /// Messages are waiting but the last write was less than the write delay ago.
+    Hold(Instant),
+    Outbound,
+    Controls,
+    Closed(DisconnectCode),
+    Read,
+    ReadFailed(switchboard_ws::WsError),
+    WriteFailed(switchboard_ws::WsError),
+    Timer,
+}
+
+/// Drives one connection until it ends.
+async fn run<IO>(mut socket: Box<WsSocket<IO>>, client: Result<Box<Client>, DisconnectCode>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut client = match client {
+        Ok(c) => c,
+        Err(code) => {
+            let _ = Box::pin(socket.close(code.code, code.reason)).await;
+            return;
+        }
+    };
+    match drive(&mut socket, &mut client).await {
+        Ending::Disconnect(code) => {
+            client.record_disconnect(code);
+            tracing::debug!(client = client.id(), %code, "closing connection");
+            drop(client);
+            let _ = Box::pin(socket.close(code.code, code.reason)).await;
+        }
+        Ending::Closing => {
+            // A close frame (our protocol-error close or the echo of the peer's) is queued.
+            drop(client);
+            let _ = Box::pin(socket.close(1000, "")).await;
+        }
+        Ending::Gone => drop(client),
+    }
+}
+
+/// How a connection ends.
+enum Ending {
+    /// The server closes with this code.
+    Disconnect(DisconnectCode),
+    /// The peer closed or broke the protocol; the socket has the close frame to send queued.
+    Closing,
+    /// The transport is gone; nothing more can be written.
+    Gone,
+}
+
+impl From<DisconnectCode> for Ending {
+    fn from(code: DisconnectCode) -> Self {
+        Ending::Disconnect(code)
+    }
+}
+
+/// Runs the connection until it has to end; says how.
+async fn drive<IO>(socket: &mut WsSocket<IO>, client: &mut Client) -> Ending
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let out = client.outbound().clone();
+    let write_delay = client.write_delay();
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut incoming: Vec<Message> = Vec::new();
+    let timer = tokio::time::sleep_until(client.next_deadline().into());
+    tokio::pin!(timer);
+    // With a write delay: when the last write was, and until when queued messages wait.
+    let mut last_write: Option<Instant> = None;
+    let mut hold_until: Option<Instant> = None;
+    loop {
+        let event = poll_fn(|cx| {
+            if hold_until.is_none() && !write_delay.is_zero() && !socket.has_pending_writes() {
+                if let Some(next) = last_write.map(|t| t + write_delay) {
+                    if out.poll_ready(cx).is_ready() && Instant::now() < next {
+                        return Poll::Ready(Event::Hold(next));
+                    }
+                }
+            }
+            if socket.has_pending_writes() {
+                if let Poll::Ready(Err(e)) = socket.poll_flush(cx) {
+                    return Poll::Ready(Event::WriteFailed(e));
+                }
+            }
+            // Drain the queue only while the socket keeps up; otherwise let the queue fill up
+            // to its limit (and the slow-consumer disconnect).
+            if !socket.has_pending_writes() && hold_until.is_none() {
+                match out.poll_drain(cx, &mut batch, MAX_BATCH_ITEMS) {
+                    Poll::Ready(Drained::Items) => return Poll::Ready(Event::Outbound),
+                    Poll::Ready(Drained::Controls) => return Poll::Ready(Event::Controls),
+                    Poll::Ready(Drained::Closed(code)) => return Poll::Ready(Event::Closed(code)),
+                    Poll::Pending => {}
+                }
+            }
+            match socket.poll_read_messages(cx, &mut incoming) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Event::Read),
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::ReadFailed(e)),
+                Poll::Pending => {}
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Hold(until) => {
+                hold_until = Some(until);
+                timer.as_mut().reset(next_wakeup(client, hold_until).into());
+            }
+            Event::Outbound => {
+                socket.queue_text_batch(&batch, Some(b'\n'));
+                release(&mut batch);
+                if !write_delay.is_zero() {
+                    last_write = Some(Instant::now());
+                }
+                if let Poll::Ready(Err(e)) = poll_fn(|cx| Poll::Ready(socket.poll_flush(cx))).await
+                {
+                    tracing::debug!(client = client.id(), error = %e, "write failed");
+                    return Ending::Gone;
+                }
+            }
+            Event::Closed(code) => return code.into(),
+            Event::Controls => {
+                if let Err(code) = Box::pin(client.apply_controls()).await {
+                    return code.into();
+                }
+                timer.as_mut().reset(next_wakeup(client, hold_until).into());
+            }
+            Event::WriteFailed(e) => {
+                tracing::debug!(client = client.id(), error = %e, "write failed");
+                return Ending::Gone;
+            }
+            Event::ReadFailed(switchboard_ws::WsError::Protocol(e)) => {
+                tracing::debug!(client = client.id(), error = %e, "protocol error");
+                return Ending::Closing;
+            }
+            Event::ReadFailed(e) => {
+                tracing::debug!(client = client.id(), error = %e, "read failed");
+                return Ending::Gone;
+            }
+            Event::Timer => {
+                let now = Instant::now();
+                if hold_until.is_some_and(|t| now >= t) {
+                    hold_until = None;
+                }
+                // Cheap when nothing is due; the session decides what is.
+                if let Err(code) = Box::pin(client.on_timer(now)).await {
+                    return code.into();
+                }
+                timer.as_mut().reset(next_wakeup(client, hold_until).into());
+            }
+            Event::Read => {
+                let messages = std::mem::take(&mut incoming);
+                for message in messages {
+                    match message {
+                        Message::Text(text) => {
+                            if let Err(code) =
+                                Box::pin(client.handle_frame(&text, std::time::Instant::now()))
+                                    .await
+                            {
+                                Box::pin(flush_queued(socket, &out)).await;
+                                return code.into();
+                            }
+                        }
+                        Message::Binary(_) => return DisconnectCode::BAD_REQUEST.into(),
+                        Message::Close(_) => return Ending::Closing,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+                timer.as_mut().reset(next_wakeup(client, hold_until).into());
+            }
+        }
+    }
+}
+
+/// The session's next deadline, or the end of the write hold if sooner.
+fn next_wakeup(client: &Client, hold_until: Option<Instant>) -> Instant {
+    let next = client.next_deadline();
+    hold_until.map_or(next, |t| t.min(next))
+}
+
+/// Writes what is still queued (for example an error reply before a disconnect).
+async fn flush_queued<IO>(socket: &mut WsSocket<IO>, out: &switchboard_hub::Outbound)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut batch = Vec::new();
+    loop {
+        match poll_fn(|cx| Poll::Ready(out.poll_drain(cx, &mut batch, usize::MAX))).await {
+            // Controls are moot for a connection that is closing.
+            Poll::Ready(Drained::Controls) => drop(out.take_controls()),
+            Poll::Ready(Drained::Items) => {
+                socket.queue_text_batch(&batch, Some(b'\n'));
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Empties `batch`, giving back its memory when it grew beyond what an idle connection needs.
+fn release(batch: &mut Vec<Bytes>) {
+    batch.clear();
+    if batch.capacity() > 16 {
+        *batch = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use switchboard_hub::{HubConfig, MemoryBroker};
+
+    use super::*;
+
+    /// The parked connection task is most of an idle connection's memory: keep it small.
+    #[tokio::test]
+    async fn connection_task_is_small() {
+        let hub = Hub::new(
+            HubConfig::default(),
+            Arc::new(MemoryBroker::new()),
+            "t".into(),
+        );
+        let (io, _peer) = tokio::io::duplex(64);
+        let socket = WsSocket::new(io, Role::Server, WsConfig::default());
+        let task = run(Box::new(socket), hub.accept(TRANSPORT).map(Box::new));
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection task: {size} bytes");
+        assert!(size <= 640, "the connection task takes {size} bytes");
+    }
+}

@@ -1,0 +1,285 @@
+//! The native protocol over WebSocket against a real server: the happy path, batching,
+//! malformed input and channel errors.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{eventually, start, Conn, TIMEOUT};
+use switchboard_hub::NamespaceOptions;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn connect_reply_has_client_id_and_ping_settings() {
+    let server = start(|c| c.client.ping_interval = Duration::from_secs(25)).await;
+    let mut conn = Conn::open(server.addr()).await;
+    conn.send_text(r#"{"id":1,"connect":{}}"#).await;
+    let reply = conn.next_json().await;
+    assert_eq!(reply["id"], 1, "{reply}");
+    let result = &reply["connect"];
+    assert!(
+        result["client"].as_str().is_some_and(|c| !c.is_empty()),
+        "{reply}"
+    );
+    assert_eq!(result["ping"], 25, "{reply}");
+    assert_eq!(result["pong"], true, "{reply}");
+}
+
+#[tokio::test]
+async fn publication_reaches_other_subscriber() {
+    let server = start(|_| {}).await;
+    let mut subscriber = Conn::connected(server.addr()).await;
+    let mut publisher = Conn::connected(server.addr()).await;
+    subscriber.subscribe("news").await;
+
+    publisher.publish("news", json!({"text": "hello"})).await;
+    let (channel, publication) = subscriber.next_publication().await;
+    assert_eq!(channel, "news");
+    assert_eq!(publication["data"], json!({"text": "hello"}));
+    assert_eq!(
+        publication["info"]["client"], publisher.client_id,
+        "info names the publishing client: {publication}"
+    );
+
+    // The publisher is not subscribed: it gets only its reply, no push.
+    publisher.expect_silence(Duration::from_millis(200)).await;
+
+    // A second publication arrives after the first, in order.
+    publisher.publish("news", json!(1)).await;
+    publisher.publish("news", json!(2)).await;
+    assert_eq!(subscriber.next_publication().await.1["data"], 1);
+    assert_eq!(subscriber.next_publication().await.1["data"], 2);
+
+    // After unsubscribing, nothing more arrives.
+    subscriber
+        .request_ok(json!({"unsubscribe": {"channel": "news"}}))
+        .await;
+    publisher.publish("news", json!(3)).await;
+    subscriber.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn batched_commands_get_replies_in_order_in_one_frame() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::open(server.addr()).await;
+    let commands = [
+        json!({"connect": {}}),
+        json!({"subscribe": {"channel": "a"}}),
+        json!({"subscribe": {"channel": "b"}}),
+        json!({"publish": {"channel": "elsewhere", "data": {"x": 1}}}),
+        json!({"ping": {}}),
+        json!({"unsubscribe": {"channel": "a"}}),
+    ];
+    let ids = conn.send_batch(&commands).await;
+    // Every reply of one incoming frame is queued before the writer runs, so they are coalesced
+    // into one outgoing frame of newline-separated messages.
+    let frame = conn.next_frame(TIMEOUT).await.expect("a text frame");
+    let got: Vec<u64> = frame.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = ids.iter().map(|&i| u64::from(i)).collect();
+    assert_eq!(got, want, "replies in command order: {frame:?}");
+    let methods = [
+        "connect",
+        "subscribe",
+        "subscribe",
+        "publish",
+        "ping",
+        "unsubscribe",
+    ];
+    for (reply, method) in frame.iter().zip(methods) {
+        assert!(reply.get("error").is_none(), "{reply}");
+        assert!(reply.get(method).is_some(), "{method}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn batched_publications_arrive_in_order() {
+    let server = start(|_| {}).await;
+    let mut subscriber = Conn::connected(server.addr()).await;
+    let mut publisher = Conn::connected(server.addr()).await;
+    subscriber.subscribe("feed").await;
+    let commands: Vec<Value> = (0..50)
+        .map(|i| json!({"publish": {"channel": "feed", "data": {"n": i}}}))
+        .collect();
+    let ids = publisher.send_batch(&commands).await;
+    for id in ids {
+        let reply = publisher.reply(id).await;
+        assert!(reply.get("publish").is_some(), "{reply}");
+    }
+    for i in 0..50 {
+        let (channel, publication) = subscriber.next_publication().await;
+        assert_eq!(channel, "feed");
+        assert_eq!(publication["data"]["n"], i);
+    }
+}
+
+#[tokio::test]
+async fn malformed_json_closes_with_3501() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::connected(server.addr()).await;
+    conn.send_text("{\"id\":2,\"subscribe\":").await;
+    assert_eq!(conn.expect_close(3501, TIMEOUT).await, "bad request");
+
+    // Before connect too, and one bad line fails the whole frame.
+    let mut conn = Conn::open(server.addr()).await;
+    conn.send_text("{\"id\":1,\"connect\":{}}\nnot json").await;
+    conn.expect_close(3501, TIMEOUT).await;
+
+    // Valid JSON of the wrong shape.
+    let mut conn = Conn::connected(server.addr()).await;
+    conn.send_text("[1,2,3]").await;
+    conn.expect_close(3501, TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn unknown_method_is_error_104_and_connection_lives() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::connected(server.addr()).await;
+    assert_eq!(conn.request_error(json!({"frobnicate": {}})).await, 104);
+    conn.assert_alive().await;
+    conn.subscribe("still-works").await;
+}
+
+#[tokio::test]
+async fn command_before_connect_closes_with_3501() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::open(server.addr()).await;
+    conn.send_text(r#"{"id":1,"subscribe":{"channel":"news"}}"#)
+        .await;
+    conn.expect_close(3501, TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn binary_frame_closes_with_3501() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::connected(server.addr()).await;
+    conn.send(Message::binary(br#"{"id":2,"ping":{}}"#.to_vec()))
+        .await;
+    conn.expect_close(3501, TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_closes_with_1007() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::connected(server.addr()).await;
+    conn.send_raw_text(b"{\"id\":2,\"ping\":{},\"x\":\"\xff\xfe\"}".to_vec())
+        .await;
+    conn.expect_close(1007, TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn message_over_max_message_size_closes_with_1009() {
+    let server = start(|c| c.client.max_message_size = 1024).await;
+    let mut conn = Conn::connected(server.addr()).await;
+    // Just under the limit is fine.
+    let data = "x".repeat(900);
+    conn.publish("big", json!(data)).await;
+    // Over it is not.
+    let data = "x".repeat(2048);
+    conn.send_text(json!({"id": 100, "publish": {"channel": "big", "data": data}}).to_string())
+        .await;
+    conn.expect_close(1009, TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn second_connect_closes_with_3501() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::open(server.addr()).await;
+    conn.send_text(r#"{"id":1,"connect":{}}"#).await;
+    assert!(conn.next_json().await.get("connect").is_some());
+    conn.send_text(r#"{"id":1,"connect":{}}"#).await;
+    conn.expect_close(3501, TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn two_methods_in_one_command_close_with_3501() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::connected(server.addr()).await;
+    conn.send_text(r#"{"id":2,"ping":{},"subscribe":{"channel":"x"}}"#)
+        .await;
+    conn.expect_close(3501, TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn client_close_is_echoed_and_releases_the_connection() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::connected(server.addr()).await;
+    conn.subscribe("news").await;
+    assert_eq!(server.hub().metrics().connections(), 1);
+    conn.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await;
+    conn.expect_close(1000, TIMEOUT).await;
+    let released = eventually(TIMEOUT, || async {
+        server.hub().metrics().connections() == 0 && server.hub().subscriber_count("news") == 0
+    })
+    .await;
+    assert!(released, "connection or subscription not released");
+}
+
+fn namespace(name: &str, subscribe: bool, publish: bool) -> NamespaceOptions {
+    let mut ns = NamespaceOptions::default();
+    ns.name = name.into();
+    ns.allow_subscribe_for_client = subscribe;
+    ns.allow_subscribe_for_anonymous = subscribe;
+    ns.allow_publish_for_client = publish;
+    ns.allow_publish_for_anonymous = publish;
+    ns
+}
+
+#[tokio::test]
+async fn channel_errors_keep_the_connection_alive() {
+    let server = start(|c| {
+        c.channel.allow_unknown_namespaces = false;
+        c.channel.max_length = 32;
+        c.channel.namespaces.push(namespace("closed", false, false));
+        c.channel
+            .namespaces
+            .push(namespace("readonly", true, false));
+        c.channel.namespaces.push(namespace("open", true, true));
+        c.client.max_channels = 3;
+    })
+    .await;
+    let mut conn = Conn::connected(server.addr()).await;
+    let sub = |channel: &str| json!({"subscribe": {"channel": channel}});
+    let publ = |channel: &str| json!({"publish": {"channel": channel, "data": {}}});
+
+    // Unknown namespace: 102.
+    assert_eq!(conn.request_error(sub("nowhere:1")).await, 102);
+    assert_eq!(conn.request_error(publ("nowhere:1")).await, 102);
+    // Subscribing not allowed: 103.
+    assert_eq!(conn.request_error(sub("closed:1")).await, 103);
+    // Publishing not allowed: 103.
+    conn.subscribe("readonly:1").await;
+    assert_eq!(conn.request_error(publ("readonly:1")).await, 103);
+    // Double subscribe: 105.
+    assert_eq!(conn.request_error(sub("readonly:1")).await, 105);
+    // Bad names: 102.
+    assert_eq!(conn.request_error(sub("open:has space")).await, 102);
+    assert_eq!(conn.request_error(sub("")).await, 102);
+    let long = format!("open:{}", "x".repeat(40));
+    assert_eq!(conn.request_error(sub(&long)).await, 102);
+    let exactly = format!("open:{}", "x".repeat(27));
+    assert_eq!(exactly.len(), 32);
+    conn.subscribe(&exactly).await;
+    // Channel limit (3): 106.
+    conn.subscribe("open:2").await;
+    assert_eq!(conn.request_error(sub("open:3")).await, 106);
+    // Leaving one makes room again.
+    conn.request_ok(json!({"unsubscribe": {"channel": "open:2"}}))
+        .await;
+    conn.subscribe("open:3").await;
+
+    // Errors have a message too, and after all of them the connection still works.
+    let reply = conn.request(sub("closed:2")).await;
+    assert_eq!(reply["error"]["code"], 103, "{reply}");
+    assert_eq!(reply["error"]["message"], "permission denied", "{reply}");
+    conn.assert_alive().await;
+    conn.publish("open:3", json!("ok")).await;
+    let (channel, _) = conn.next_publication().await;
+    assert_eq!(channel, "open:3");
+}
