@@ -8,7 +8,6 @@ use clap::Args;
 use serde_json::json;
 
 use crate::stats::{self, Latency};
-use crate::sys;
 use crate::Common;
 
 #[derive(Debug, Clone, Args)]
@@ -48,7 +47,7 @@ pub(crate) fn run(a: &ChurnArgs) -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     let totals = Rc::new(RefCell::new(Totals::default()));
     let hist = Rc::new(RefCell::new(stats::histogram()));
-    let cpu_before = a.common.server_pid.and_then(sys::cpu_seconds);
+    let cpu_before = a.common.server_cpu();
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(a.duration);
     let cycle_timeout = Duration::from_secs_f64(a.cycle_timeout);
@@ -87,7 +86,7 @@ pub(crate) fn run(a: &ChurnArgs) -> anyhow::Result<()> {
         }
     });
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = match (cpu_before, a.common.server_pid.and_then(sys::cpu_seconds)) {
+    let cpu = match (cpu_before, a.common.server_cpu()) {
         (Some(b), Some(e)) => Some(e - b),
         _ => None,
     };
@@ -130,7 +129,7 @@ pub(crate) fn run(a: &ChurnArgs) -> anyhow::Result<()> {
         "error_kinds": t.errors,
         "connect_latency": lat,
         "server_cpu_s": cpu,
-        "server_rss_bytes": a.common.server_pid.and_then(sys::rss_bytes),
+        "server_rss_bytes": a.common.server_rss(),
     });
     println!("{line}");
     Ok(())

@@ -58,7 +58,7 @@ pub(crate) fn run(a: &IdleArgs) -> anyhow::Result<()> {
         crate::check_fd_limit(a.connections + 1)?;
         return local_hold(a);
     }
-    let rss_before = a.common.server_pid.and_then(sys::rss_bytes);
+    let rss_before = a.common.server_rss();
     let t0 = std::time::Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -75,12 +75,12 @@ fn local_hold(a: &IdleArgs) -> anyhow::Result<()> {
     };
     let shared = Shared::new(
         a.common.endpoint()?,
-        None,
+        a.common.publish_endpoint()?,
         layout,
         false,
         a.common.connect_concurrency,
     );
-    let rss_before = a.common.server_pid.and_then(sys::rss_bytes);
+    let rss_before = a.common.server_rss();
     let tool_rss_before = sys::self_rss_bytes().unwrap_or(0);
     let t0 = std::time::Instant::now();
     let args = a.clone();
@@ -89,7 +89,7 @@ fn local_hold(a: &IdleArgs) -> anyhow::Result<()> {
         shared.wait_connected(timeout, true).await;
         let connect_s = t0.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-        let rss = args.common.server_pid.and_then(sys::rss_bytes);
+        let rss = args.common.server_rss();
         let tool_rss = sys::self_rss_bytes().unwrap_or(0);
         let received = broadcast(&shared, &args.channel, args.broadcast_wait).await;
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
@@ -144,7 +144,7 @@ async fn broadcast(
 }
 
 async fn send_broadcast(shared: &Shared, channel: &str) -> anyhow::Result<()> {
-    let ep = &shared.endpoint;
+    let ep = shared.publish_endpoint.as_ref().unwrap_or(&shared.endpoint);
     let mut ws = ep.publisher().await.context("publisher connect")?;
     let mut p = Vec::new();
     conn::payload(0, now_ns(), 64, &mut p);
@@ -293,6 +293,10 @@ async fn parent(
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("own executable")?;
     let p = a.processes;
+    let urls = a.common.urls();
+    if urls.is_empty() {
+        bail!("--url is empty");
+    }
     let mut children = Vec::new();
     for i in 0..p {
         let n = a.connections / p + usize::from(i < a.connections % p);
@@ -306,7 +310,7 @@ async fn parent(
             .args(["--connections", &n.to_string()])
             .args(["--channel", &a.channel])
             .args(["--target", target_name(a.common.target)])
-            .args(["--url", &a.common.url])
+            .args(["--url", urls[i % urls.len()]])
             .args(["--source-addrs", &a.common.source_addrs.max(1).to_string()])
             .args(["--source-base", &base.to_string()])
             .args(["--threads", &a.common.threads.to_string()])
@@ -348,9 +352,13 @@ async fn parent(
     }
     let connect_s = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
-    let rss_after = a.common.server_pid.and_then(sys::rss_bytes);
+    let rss_after = a.common.server_rss();
 
-    let ep = a.common.endpoint()?;
+    // The broadcast goes through --publish-url, or else the first node.
+    let ep = match a.common.publish_endpoint()? {
+        Some(ep) => ep,
+        None => a.common.endpoint_at(urls[0])?,
+    };
     let layout = Layout {
         subscribers: 0,
         channels: 1,

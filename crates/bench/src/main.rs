@@ -63,6 +63,8 @@ pub(crate) struct Common {
     #[arg(long, value_enum, default_value = "switchboard")]
     target: Target,
     /// Server URL; the path defaults per target (/connection/websocket, /, /socket.io/...).
+    /// `idle --processes P` takes a comma-separated list: child i connects to URL i mod the
+    /// list's length (subscribers spread over several nodes).
     #[arg(long, default_value = "ws://127.0.0.1:8000")]
     url: String,
     /// Spread connections over this many source addresses 127.0.0.B.. (0 = kernel's choice).
@@ -81,9 +83,10 @@ pub(crate) struct Common {
     /// Give up connecting after this many seconds.
     #[arg(long, default_value_t = 60)]
     connect_timeout: u64,
-    /// The server's PID, to report its RSS and CPU time.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's PID, to report its RSS and CPU time; a comma-separated list sums
+    /// several nodes.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Free text copied into the JSON line (e.g. the peer's name).
     #[arg(long, default_value = "")]
     label: String,
@@ -94,8 +97,37 @@ pub(crate) struct Common {
 }
 
 impl Common {
+    /// The one server URL of a single-process scenario.
     pub(crate) fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        Endpoint::new(self.target, &self.url, self.source_addrs, self.source_base)
+        match self.urls().as_slice() {
+            [url] => self.endpoint_at(url),
+            _ => anyhow::bail!("several --url values need `idle --processes`"),
+        }
+    }
+
+    /// An endpoint for one of the `--url` values.
+    pub(crate) fn endpoint_at(&self, url: &str) -> anyhow::Result<Endpoint> {
+        Endpoint::new(self.target, url, self.source_addrs, self.source_base)
+    }
+
+    /// Every URL of `--url` (comma-separated).
+    pub(crate) fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// The servers' summed resident set size (None without `--server-pid` or when one
+    /// cannot be read).
+    pub(crate) fn server_rss(&self) -> Option<u64> {
+        sum_over(&self.server_pid, sys::rss_bytes)
+    }
+
+    /// The servers' summed CPU time in seconds.
+    pub(crate) fn server_cpu(&self) -> Option<f64> {
+        sum_over(&self.server_pid, sys::cpu_seconds)
     }
 
     /// The publisher's endpoint when it differs from the subscribers'.
@@ -105,6 +137,13 @@ impl Common {
             .map(|url| Endpoint::new(self.target, url, self.source_addrs, self.source_base))
             .transpose()
     }
+}
+
+fn sum_over<T: std::iter::Sum<T>>(pids: &[u32], read: impl Fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| read(pid)).sum()
 }
 
 /// Publishing options shared by `fanout` and `channels`.
@@ -240,8 +279,8 @@ fn publish_scenario(
         flow_control,
         common.connect_concurrency,
     );
-    let server_rss_before = common.server_pid.and_then(sys::rss_bytes);
-    let cpu_before = common.server_pid.and_then(sys::cpu_seconds);
+    let server_rss_before = common.server_rss();
+    let cpu_before = common.server_cpu();
     let tool_cpu_before = sys::cpu_seconds(std::process::id()).unwrap_or(0.0);
     let t0 = std::time::Instant::now();
     let connect_timeout = Duration::from_secs(common.connect_timeout);
@@ -254,8 +293,8 @@ fn publish_scenario(
             *cs.lock().unwrap_or_else(|p| p.into_inner()) = t0.elapsed().as_secs_f64();
             publisher::run(&shared, &plan2).await
         })?;
-    let cpu_after = common.server_pid.and_then(sys::cpu_seconds);
-    let server_rss = common.server_pid.and_then(sys::rss_bytes);
+    let cpu_after = common.server_cpu();
+    let server_rss = common.server_rss();
 
     let mut hist = stats::histogram();
     let mut integrity = Integrity::default();
