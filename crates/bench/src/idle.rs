@@ -309,7 +309,7 @@ async fn parent(
             .arg("--child")
             .args(["--connections", &n.to_string()])
             .args(["--channel", &a.channel])
-            .args(["--target", target_name(a.common.target)])
+            .args(["--target", crate::target_name(a.common.target)])
             .args(["--url", urls[i % urls.len()]])
             .args(["--source-addrs", &a.common.source_addrs.max(1).to_string()])
             .args(["--source-base", &base.to_string()])
@@ -408,12 +408,4 @@ async fn parent(
         let _ = child.kill().await;
     }
     Ok(())
-}
-
-fn target_name(t: conn::Target) -> &'static str {
-    match t {
-        conn::Target::Switchboard => "switchboard",
-        conn::Target::Raw => "raw",
-        conn::Target::Socketio => "socketio",
-    }
 }

@@ -20,6 +20,7 @@ mod conn;
 mod idle;
 mod pool;
 mod publisher;
+mod remote;
 mod stats;
 mod sys;
 
@@ -199,6 +200,14 @@ struct FanoutArgs {
     /// Channel name.
     #[arg(long, default_value = "bench")]
     channel: String,
+    /// Spread the subscribers over this many child processes (one process holds at most its
+    /// open-files limit of sockets); with a comma-separated `--url` list, child i connects
+    /// to URL i mod the list's length. The publisher stays in this process.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Internal: run as a subscriber child of a multi-process run.
+    #[arg(long, hide = true)]
+    child: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -227,7 +236,11 @@ fn main() {
                 channels: 1,
                 channel_prefix: a.channel.clone(),
             };
-            publish_scenario("fanout", &a.common, &a.publish, layout)
+            if a.child {
+                remote::run_child(&a.common, &a.publish.plan(), layout)
+            } else {
+                publish_scenario("fanout", &a.common, &a.publish, layout, a.processes)
+            }
         }
         Scenario::Channels(a) => {
             if a.common.target == Target::Raw {
@@ -239,7 +252,7 @@ fn main() {
                 channels: a.channels.max(1),
                 channel_prefix: a.prefix.clone(),
             };
-            publish_scenario("channels", &a.common, &a.publish, layout)
+            publish_scenario("channels", &a.common, &a.publish, layout, 1)
         }
         Scenario::Idle(a) => idle::run(&a),
         Scenario::Churn(a) => churn::run(&a),
@@ -247,6 +260,15 @@ fn main() {
     if let Err(e) = result {
         eprintln!("switchboard-bench: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The `--target` value naming `t` (for child processes' command lines).
+pub(crate) fn target_name(t: Target) -> &'static str {
+    match t {
+        Target::Switchboard => "switchboard",
+        Target::Raw => "raw",
+        Target::Socketio => "socketio",
     }
 }
 
@@ -268,53 +290,37 @@ fn publish_scenario(
     common: &Common,
     publish: &PublishArgs,
     layout: Layout,
+    processes: usize,
 ) -> anyhow::Result<()> {
-    check_fd_limit(layout.subscribers + 1)?;
     let plan = publish.plan();
-    let flow_control = plan.rate == 0;
-    let shared = Shared::new(
-        common.endpoint()?,
-        common.publish_endpoint()?,
-        layout.clone(),
-        flow_control,
-        common.connect_concurrency,
-    );
     let server_rss_before = common.server_rss();
     let cpu_before = common.server_cpu();
     let tool_cpu_before = sys::cpu_seconds(std::process::id()).unwrap_or(0.0);
     let t0 = std::time::Instant::now();
-    let connect_timeout = Duration::from_secs(common.connect_timeout);
-    let connect_secs = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
-    let cs = connect_secs.clone();
-    let plan2 = plan.clone();
-    let (published, workers) =
-        pool::run(shared.clone(), common.threads, move |shared| async move {
-            shared.wait_connected(connect_timeout, true).await;
-            *cs.lock().unwrap_or_else(|p| p.into_inner()) = t0.elapsed().as_secs_f64();
-            publisher::run(&shared, &plan2).await
-        })?;
+    let outcome = if processes > 1 {
+        remote::run_parent(common, &plan, &layout, processes, t0)?
+    } else {
+        run_local(common, &plan, &layout, t0)?
+    };
     let cpu_after = common.server_cpu();
     let server_rss = common.server_rss();
-
-    let mut hist = stats::histogram();
-    let mut integrity = Integrity::default();
-    let channels = layout.channels as u64;
-    for w in &workers {
-        let _ = hist.add(&w.latency);
-        for (i, s) in &w.subs {
-            let c = (*i as u64) % channels;
-            let expected = published.sent / channels + u64::from(c < published.sent % channels);
-            if s.ended.as_deref() == Some("connect failed") {
-                continue;
-            }
-            integrity.add(s, expected);
-        }
-    }
+    let server_cpu = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let Outcome {
+        published,
+        hist,
+        integrity,
+        delivered,
+        delivered_window,
+        connected,
+        failed,
+        connect_errors,
+        connect_secs,
+        children_cpu_s,
+    } = outcome;
     let latency = Latency::from_histogram(&hist);
-    let delivered = shared.delivered.load(std::sync::atomic::Ordering::Relaxed);
-    let delivered_window = shared
-        .delivered_window
-        .load(std::sync::atomic::Ordering::Relaxed);
     let dps = if published.window_secs > 0.0 {
         delivered_window as f64 / published.window_secs
     } else {
@@ -325,20 +331,11 @@ fn publish_scenario(
     } else {
         0.0
     };
-    let connected = shared.connected.load(std::sync::atomic::Ordering::Relaxed);
-    let failed = shared.failed.load(std::sync::atomic::Ordering::Relaxed);
-    let connect_errors = shared
-        .connect_errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let server_cpu = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let tool_cpu =
+        sys::cpu_seconds(std::process::id()).map(|c| c - tool_cpu_before + children_cpu_s);
 
     eprintln!(
-        "{name} [{:?}{}] {} subscribers on {} channel(s), rate {}, payload {} B",
+        "{name} [{:?}{}] {} subscribers on {} channel(s), rate {}, payload {} B{}",
         common.target,
         if common.label.is_empty() {
             String::new()
@@ -352,11 +349,15 @@ fn publish_scenario(
         } else {
             format!("{}/s", plan.rate)
         },
-        plan.payload
+        plan.payload,
+        if processes > 1 {
+            format!(", {processes} subscriber processes")
+        } else {
+            String::new()
+        }
     );
     eprintln!(
-        "  connected {connected}, failed {failed} in {:.1}s{}",
-        *connect_secs.lock().unwrap_or_else(|p| p.into_inner()),
+        "  connected {connected}, failed {failed} in {connect_secs:.1}s{}",
         if connect_errors.is_empty() {
             String::new()
         } else {
@@ -397,8 +398,7 @@ fn publish_scenario(
             server_rss.unwrap_or(0) >> 20
         );
     }
-    if let Some(cpu) = sys::cpu_seconds(std::process::id()) {
-        let cpu = cpu - tool_cpu_before;
+    if let Some(cpu) = tool_cpu {
         eprintln!(
             "  load tool CPU {:.2}s ({:.0}% of the run)",
             cpu,
@@ -431,9 +431,74 @@ fn publish_scenario(
         "server_rss_bytes_before": server_rss_before,
         "server_rss_bytes": server_rss,
         "tool_rss_bytes": sys::self_rss_bytes(),
-        "tool_cpu_s": sys::cpu_seconds(std::process::id()).map(|c| c - tool_cpu_before),
+        "tool_cpu_s": tool_cpu,
+        "processes": processes,
         "elapsed_s": t0.elapsed().as_secs_f64(),
     });
     println!("{line}");
     Ok(())
+}
+
+/// What a publish scenario measured, however its subscribers were spread.
+pub(crate) struct Outcome {
+    pub(crate) published: publisher::Published,
+    pub(crate) hist: hdrhistogram::Histogram<u64>,
+    pub(crate) integrity: Integrity,
+    pub(crate) delivered: u64,
+    pub(crate) delivered_window: u64,
+    pub(crate) connected: usize,
+    pub(crate) failed: usize,
+    pub(crate) connect_errors: Vec<(String, u64)>,
+    pub(crate) connect_secs: f64,
+    /// CPU seconds used by subscriber child processes (multi-process runs).
+    pub(crate) children_cpu_s: f64,
+}
+
+/// All subscribers in this process.
+fn run_local(
+    common: &Common,
+    plan: &PublishPlan,
+    layout: &Layout,
+    t0: std::time::Instant,
+) -> anyhow::Result<Outcome> {
+    check_fd_limit(layout.subscribers + 1)?;
+    let flow_control = plan.rate == 0;
+    let shared = Shared::new(
+        common.endpoint()?,
+        common.publish_endpoint()?,
+        layout.clone(),
+        flow_control,
+        common.connect_concurrency,
+    );
+    let connect_timeout = Duration::from_secs(common.connect_timeout);
+    let connect_secs = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
+    let cs = connect_secs.clone();
+    let plan2 = plan.clone();
+    let (published, workers) =
+        pool::run(shared.clone(), common.threads, move |shared| async move {
+            shared.wait_connected(connect_timeout, true).await;
+            *cs.lock().unwrap_or_else(|p| p.into_inner()) = t0.elapsed().as_secs_f64();
+            publisher::run(&shared, &plan2).await
+        })?;
+    let (hist, integrity) = stats::collect(&workers, layout.channels as u64, published.sent);
+    let connect_secs = *connect_secs.lock().unwrap_or_else(|p| p.into_inner());
+    let connect_errors = shared
+        .connect_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Outcome {
+        published,
+        hist,
+        integrity,
+        delivered: shared.delivered.load(std::sync::atomic::Ordering::Relaxed),
+        delivered_window: shared
+            .delivered_window
+            .load(std::sync::atomic::Ordering::Relaxed),
+        connected: shared.connected.load(std::sync::atomic::Ordering::Relaxed),
+        failed: shared.failed.load(std::sync::atomic::Ordering::Relaxed),
+        connect_errors,
+        connect_secs,
+        children_cpu_s: 0.0,
+    })
 }

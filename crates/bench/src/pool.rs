@@ -69,6 +69,12 @@ pub(crate) struct Shared {
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) connect_errors: Mutex<Vec<(String, u64)>>,
     pub(crate) pongs: AtomicBool,
+    /// Multi-process max rate: messages (counted from the first) that every subscriber
+    /// process reports complete; `u64::MAX` while the subscribers are in this process.
+    pub(crate) remote_complete: AtomicU64,
+    /// Multi-process max rate: messages before this one count as complete (stuck ones
+    /// skipped by the publisher).
+    pub(crate) remote_skip: AtomicU64,
     concurrency: usize,
 }
 
@@ -98,6 +104,8 @@ impl Shared {
             stop: watch::channel(false).0,
             connect_errors: Mutex::new(Vec::new()),
             pongs: AtomicBool::new(true),
+            remote_complete: AtomicU64::new(u64::MAX),
+            remote_skip: AtomicU64::new(0),
             concurrency: concurrency.max(1),
         })
     }

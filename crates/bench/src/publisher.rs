@@ -170,6 +170,11 @@ async fn run_inner(shared: &Shared, plan: &PublishPlan, out: &mut Published) -> 
 
 /// Max rate: how many more messages may go out now.
 fn allowed(shared: &Shared, sent: u64, window: u64) -> u64 {
+    let remote = shared.remote_complete.load(Relaxed);
+    if remote != u64::MAX {
+        // Message index `sent + n` may go once `sent + n - window` is complete.
+        return (remote + window).saturating_sub(sent).min(64);
+    }
     let Some(ring) = &shared.ring else {
         return 64;
     };
@@ -191,6 +196,13 @@ fn allowed(shared: &Shared, sent: u64, window: u64) -> u64 {
 
 /// Marks the oldest in-flight slot complete, so one stuck message cannot stall the run.
 fn skip_slot(shared: &Shared, sent: u64, window: u64) {
+    if shared.remote_complete.load(Relaxed) != u64::MAX {
+        if sent >= window {
+            shared.remote_skip.fetch_max(sent - window + 1, Relaxed);
+            shared.remote_complete.fetch_max(sent - window + 1, Relaxed);
+        }
+        return;
+    }
     if let (Some(ring), true) = (&shared.ring, sent >= window) {
         ring[((sent - window) % RING as u64) as usize].store(u32::MAX, Relaxed);
     }

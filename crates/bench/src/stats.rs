@@ -1,7 +1,9 @@
 //! Per-subscriber delivery accounting and latency histograms.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::pool::WorkerOut;
 
 /// Bits of the duplicate-detection window (sequence numbers behind the newest one).
 const WINDOW_WORDS: usize = 16;
@@ -115,7 +117,7 @@ impl Latency {
 }
 
 /// Delivery problems summed over subscribers.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Integrity {
     /// Messages a subscriber should have received but did not (summed).
     pub(crate) lost: u64,
@@ -130,6 +132,22 @@ pub(crate) struct Integrity {
 }
 
 impl Integrity {
+    /// Adds another process's totals.
+    pub(crate) fn merge(&mut self, other: &Integrity) {
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.out_of_order += other.out_of_order;
+        self.subscribers_affected += other.subscribers_affected;
+        self.subscribers_disconnected += other.subscribers_disconnected;
+        for (kind, n) in &other.disconnect_reasons {
+            if let Some((_, m)) = self.disconnect_reasons.iter_mut().find(|(k, _)| k == kind) {
+                *m += n;
+            } else if self.disconnect_reasons.len() < 8 {
+                self.disconnect_reasons.push((kind.clone(), *n));
+            }
+        }
+    }
+
     /// Adds one subscriber that should have received `expected` messages.
     pub(crate) fn add(&mut self, s: &SubStats, expected: u64) {
         let lost = expected.saturating_sub(s.received);
@@ -143,6 +161,43 @@ impl Integrity {
             self.subscribers_disconnected += 1;
             count_kind(&mut self.disconnect_reasons, why);
         }
+    }
+}
+
+/// Sums the workers' latency histograms and checks every subscriber against the `sent`
+/// messages spread round-robin over `channels`.
+pub(crate) fn collect(
+    workers: &[WorkerOut],
+    channels: u64,
+    sent: u64,
+) -> (Histogram<u64>, Integrity) {
+    let mut hist = histogram();
+    let mut integrity = Integrity::default();
+    for w in workers {
+        let _ = hist.add(&w.latency);
+        for (i, s) in &w.subs {
+            let c = (*i as u64) % channels;
+            let expected = sent / channels + u64::from(c < sent % channels);
+            if s.ended.as_deref() == Some("connect failed") {
+                continue;
+            }
+            integrity.add(s, expected);
+        }
+    }
+    (hist, integrity)
+}
+
+/// A histogram as (value, count) pairs, to send to another process.
+pub(crate) fn histogram_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+/// Adds (value, count) pairs from [`histogram_pairs`] to `h`.
+pub(crate) fn add_pairs(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
+    for &(value, count) in pairs {
+        let _ = h.record_n(value, count);
     }
 }
 
