@@ -18,7 +18,7 @@ use switchboard_ws::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::conn;
-use crate::pool::{self, Layout, Shared};
+use crate::pool::{self, Layout, ReadyTotals, Shared};
 use crate::sys::{self, now_ns};
 use crate::Common;
 
@@ -263,18 +263,7 @@ fn child(a: &IdleArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(a.common.connect_timeout);
     pool::run(shared, a.common.threads, move |shared| async move {
         shared.wait_connected(timeout, false).await;
-        let errors = shared
-            .connect_errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let ready = json!({
-            "connected": shared.connected.load(Relaxed),
-            "failed": shared.failed.load(Relaxed),
-            "errors": errors,
-            "rss": sys::self_rss_bytes(),
-        });
-        println!("READY {ready}");
+        println!("READY {}", shared.ready_report());
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if line.trim() == "REPORT" {
@@ -327,29 +316,22 @@ async fn parent(
         let stdout = BufReader::new(child.stdout.take().context("child stdout")?).lines();
         children.push((child, stdin, stdout));
     }
-    let mut connected = 0;
-    let mut failed = 0;
-    let mut tool_rss = Vec::new();
-    let mut errors: Vec<(String, u64)> = Vec::new();
+    let mut ready = ReadyTotals::default();
     for (_, _, out) in &mut children {
         let line = out
             .next_line()
             .await?
             .context("child exited before READY")?;
-        let v: serde_json::Value =
-            serde_json::from_str(line.strip_prefix("READY ").context("expected READY")?)?;
-        connected += v["connected"].as_u64().unwrap_or(0) as usize;
-        failed += v["failed"].as_u64().unwrap_or(0) as usize;
-        tool_rss.push(v["rss"].as_u64().unwrap_or(0));
-        if let Some(errs) = v["errors"].as_array() {
-            for e in errs {
-                errors.push((
-                    e[0].as_str().unwrap_or("").to_owned(),
-                    e[1].as_u64().unwrap_or(0),
-                ));
-            }
-        }
+        ready.add(&serde_json::from_str(
+            line.strip_prefix("READY ").context("expected READY")?,
+        )?);
     }
+    let ReadyTotals {
+        connected,
+        failed,
+        errors,
+        rss: tool_rss,
+    } = ready;
     let connect_s = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
     let rss_after = a.common.server_rss();

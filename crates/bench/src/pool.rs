@@ -128,6 +128,22 @@ impl Shared {
         stats::count_kind(&mut errs, &text);
     }
 
+    /// What a child process prints once its connections are up: `READY {json}` with the
+    /// connected and failed counts, the connect errors by kind and the child's RSS.
+    pub(crate) fn ready_report(&self) -> serde_json::Value {
+        let errors = self
+            .connect_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        serde_json::json!({
+            "connected": self.connected.load(Relaxed),
+            "failed": self.failed.load(Relaxed),
+            "errors": errors,
+            "rss": crate::sys::self_rss_bytes(),
+        })
+    }
+
     /// Waits until every subscriber connected or failed, up to `timeout`.
     pub(crate) async fn wait_connected(&self, timeout: Duration, progress: bool) {
         let start = now_ns();
@@ -147,6 +163,33 @@ impl Shared {
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The sum of the children's [`Shared::ready_report`]s.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyTotals {
+    pub(crate) connected: usize,
+    pub(crate) failed: usize,
+    pub(crate) errors: Vec<(String, u64)>,
+    /// Each child's RSS in bytes.
+    pub(crate) rss: Vec<u64>,
+}
+
+impl ReadyTotals {
+    /// Adds one child's report.
+    pub(crate) fn add(&mut self, report: &serde_json::Value) {
+        self.connected += report["connected"].as_u64().unwrap_or(0) as usize;
+        self.failed += report["failed"].as_u64().unwrap_or(0) as usize;
+        self.rss.push(report["rss"].as_u64().unwrap_or(0));
+        for e in report["errors"].as_array().into_iter().flatten() {
+            let kind = e[0].as_str().unwrap_or("");
+            let n = e[1].as_u64().unwrap_or(0);
+            match self.errors.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, m)) => *m += n,
+                None => self.errors.push((kind.to_owned(), n)),
+            }
         }
     }
 }

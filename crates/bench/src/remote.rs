@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::pool::{self, Layout, Shared, RING};
+use crate::pool::{self, Layout, ReadyTotals, Shared, RING};
 use crate::publisher::{self, PublishPlan};
 use crate::stats::{self, Integrity};
 use crate::{sys, Common, Outcome};
@@ -77,17 +77,7 @@ pub(crate) fn run_child(common: &Common, plan: &PublishPlan, layout: Layout) -> 
     let timeout = Duration::from_secs(common.connect_timeout);
     let (sent, workers) = pool::run(shared, common.threads, move |shared| async move {
         shared.wait_connected(timeout, false).await;
-        let errors = shared
-            .connect_errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let ready = json!({
-            "connected": shared.connected.load(Relaxed),
-            "failed": shared.failed.load(Relaxed),
-            "errors": errors,
-        });
-        println!("READY {ready}");
+        println!("READY {}", shared.ready_report());
         let mut complete = 0;
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -198,24 +188,16 @@ async fn parent(
     t0: std::time::Instant,
 ) -> anyhow::Result<Outcome> {
     let mut children = spawn_children(common, plan, layout, urls, processes)?;
-    let mut connected = 0;
-    let mut failed = 0;
-    let mut connect_errors: Vec<(String, u64)> = Vec::new();
+    let mut ready = ReadyTotals::default();
     for child in &mut children {
-        let ready: serde_json::Value = serde_json::from_str(&child.expect("READY ").await?)?;
-        connected += ready["connected"].as_u64().unwrap_or(0) as usize;
-        failed += ready["failed"].as_u64().unwrap_or(0) as usize;
-        if let Some(errors) = ready["errors"].as_array() {
-            for e in errors {
-                let kind = e[0].as_str().unwrap_or("").to_owned();
-                let n = e[1].as_u64().unwrap_or(0);
-                match connect_errors.iter_mut().find(|(k, _)| *k == kind) {
-                    Some((_, m)) => *m += n,
-                    None => connect_errors.push((kind, n)),
-                }
-            }
-        }
+        ready.add(&serde_json::from_str(&child.expect("READY ").await?)?);
     }
+    let ReadyTotals {
+        connected,
+        failed,
+        errors: connect_errors,
+        ..
+    } = ready;
     let connect_secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "  {connected} subscribers connected over {processes} processes in {connect_secs:.1}s"
