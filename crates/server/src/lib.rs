@@ -164,7 +164,10 @@ async fn serve(
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) {
-    let stop_accepting = shutdown.clone();
+    // The listener stays open while the node drains, so that load balancers get a 503 from
+    // `/health` (and new WebSocket clients a 3001 "shutdown" close) instead of a refused
+    // connection; it closes once the drain is over.
+    let stop_accepting = CancellationToken::new();
     let http = match tls {
         None => {
             let listener = listener.tap_io(|tcp| {
@@ -174,14 +177,22 @@ async fn serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),
             )
-            .with_graceful_shutdown(async move { stop_accepting.cancelled().await });
+            .with_graceful_shutdown({
+                let stop_accepting = stop_accepting.clone();
+                async move { stop_accepting.cancelled().await }
+            });
             tokio::spawn(async move {
                 if let Err(e) = http.await {
                     tracing::error!(error = %e, "http server failed");
                 }
             })
         }
-        Some(acceptor) => tokio::spawn(serve_tls(listener, router, acceptor, stop_accepting)),
+        Some(acceptor) => tokio::spawn(serve_tls(
+            listener,
+            router,
+            acceptor,
+            stop_accepting.clone(),
+        )),
     };
     shutdown.cancelled().await;
     let told = hub.shutdown(DisconnectCode::SHUTDOWN);
@@ -200,6 +211,7 @@ async fn serve(
             "drain timeout; closing the rest"
         );
     }
+    stop_accepting.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     tracing::info!("shutdown complete");
 }
