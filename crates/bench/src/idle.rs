@@ -280,7 +280,6 @@ async fn parent(
     rss_before: Option<u64>,
     t0: std::time::Instant,
 ) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("own executable")?;
     let p = a.processes;
     let urls = a.common.urls();
     if urls.is_empty() {
@@ -288,29 +287,15 @@ async fn parent(
     }
     let mut children = Vec::new();
     for i in 0..p {
-        let n = a.connections / p + usize::from(i < a.connections % p);
-        let base = a.common.source_base as usize + i * a.common.source_addrs.max(1);
-        if base > 254 {
-            bail!("too many processes for the 127.0.0.x source addresses");
-        }
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("idle")
-            .arg("--child")
-            .args(["--connections", &n.to_string()])
-            .args(["--channel", &a.channel])
-            .args(["--target", crate::target_name(a.common.target)])
-            .args(["--url", urls[i % urls.len()]])
-            .args(["--source-addrs", &a.common.source_addrs.max(1).to_string()])
-            .args(["--source-base", &base.to_string()])
-            .args(["--threads", &a.common.threads.to_string()])
-            .args([
-                "--connect-concurrency",
-                &(a.common.connect_concurrency / p).max(1).to_string(),
-            ])
-            .args(["--connect-timeout", &a.common.connect_timeout.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = a.common.child_command(
+            "idle",
+            "--connections",
+            a.connections,
+            &a.channel,
+            &urls,
+            i,
+            p,
+        )?;
         let mut child = cmd.spawn().context("spawn child")?;
         let stdin = child.stdin.take().context("child stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("child stdout")?).lines();

@@ -111,6 +111,48 @@ impl Common {
         Endpoint::new(self.target, url, self.source_addrs, self.source_base)
     }
 
+    /// The command line of child `i` of `processes` in a multi-process run of `scenario`:
+    /// `--child`, its share of `total` connections (`count_flag`), `channel`, its URL
+    /// (`urls[i % len]`), its own source address(es), and this run's other common options,
+    /// with piped stdin/stdout.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn child_command(
+        &self,
+        scenario: &str,
+        count_flag: &str,
+        total: usize,
+        channel: &str,
+        urls: &[&str],
+        i: usize,
+        processes: usize,
+    ) -> anyhow::Result<tokio::process::Command> {
+        let exe = std::env::current_exe()?;
+        let n = total / processes + usize::from(i < total % processes);
+        let base = self.source_base as usize + i * self.source_addrs.max(1);
+        if base > 254 {
+            anyhow::bail!("too many processes for the 127.0.0.x source addresses");
+        }
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg(scenario)
+            .arg("--child")
+            .args([count_flag, &n.to_string()])
+            .args(["--channel", channel])
+            .args(["--target", target_name(self.target)])
+            .args(["--url", urls[i % urls.len()]])
+            .args(["--source-addrs", &self.source_addrs.max(1).to_string()])
+            .args(["--source-base", &base.to_string()])
+            .args(["--threads", &self.threads.to_string()])
+            .args([
+                "--connect-concurrency",
+                &(self.connect_concurrency / processes).max(1).to_string(),
+            ])
+            .args(["--connect-timeout", &self.connect_timeout.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
     /// Every URL of `--url` (comma-separated).
     pub(crate) fn urls(&self) -> Vec<&str> {
         self.url

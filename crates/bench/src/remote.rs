@@ -252,33 +252,19 @@ fn spawn_children(
     urls: &[String],
     processes: usize,
 ) -> anyhow::Result<Vec<ChildIo>> {
-    let exe = std::env::current_exe().context("own executable")?;
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let mut children = Vec::with_capacity(processes);
     for i in 0..processes {
-        let n = layout.subscribers / processes + usize::from(i < layout.subscribers % processes);
-        let base = common.source_base as usize + i * common.source_addrs.max(1);
-        if base > 254 {
-            bail!("too many processes for the 127.0.0.x source addresses");
-        }
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("fanout")
-            .arg("--child")
-            .args(["--subscribers", &n.to_string()])
-            .args(["--channel", &layout.channel_prefix])
-            .args(["--target", crate::target_name(common.target)])
-            .args(["--url", &urls[i % urls.len()]])
-            .args(["--source-addrs", &common.source_addrs.max(1).to_string()])
-            .args(["--source-base", &base.to_string()])
-            .args(["--threads", &common.threads.to_string()])
-            .args([
-                "--connect-concurrency",
-                &(common.connect_concurrency / processes).max(1).to_string(),
-            ])
-            .args(["--connect-timeout", &common.connect_timeout.to_string()])
-            .args(["--rate", &plan.rate.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = common.child_command(
+            "fanout",
+            "--subscribers",
+            layout.subscribers,
+            &layout.channel_prefix,
+            &urls,
+            i,
+            processes,
+        )?;
+        cmd.args(["--rate", &plan.rate.to_string()]);
         let mut process = cmd.spawn().context("spawn subscriber process")?;
         let stdin = process.stdin.take().context("child stdin")?;
         let stdout = BufReader::new(process.stdout.take().context("child stdout")?).lines();
