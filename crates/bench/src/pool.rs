@@ -185,11 +185,7 @@ impl ReadyTotals {
         self.rss.push(report["rss"].as_u64().unwrap_or(0));
         for e in report["errors"].as_array().into_iter().flatten() {
             let kind = e[0].as_str().unwrap_or("");
-            let n = e[1].as_u64().unwrap_or(0);
-            match self.errors.iter_mut().find(|(k, _)| k == kind) {
-                Some((_, m)) => *m += n,
-                None => self.errors.push((kind.to_owned(), n)),
-            }
+            stats::add_kind(&mut self.errors, kind, e[1].as_u64().unwrap_or(0));
         }
     }
 }

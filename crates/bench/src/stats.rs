@@ -140,11 +140,7 @@ impl Integrity {
         self.subscribers_affected += other.subscribers_affected;
         self.subscribers_disconnected += other.subscribers_disconnected;
         for (kind, n) in &other.disconnect_reasons {
-            if let Some((_, m)) = self.disconnect_reasons.iter_mut().find(|(k, _)| k == kind) {
-                *m += n;
-            } else if self.disconnect_reasons.len() < 8 {
-                self.disconnect_reasons.push((kind.clone(), *n));
-            }
+            add_kind(&mut self.disconnect_reasons, kind, *n);
         }
     }
 
@@ -203,10 +199,15 @@ pub(crate) fn add_pairs(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
 
 /// Counts one occurrence of `kind`, keeping at most 8 distinct kinds.
 pub(crate) fn count_kind(kinds: &mut Vec<(String, u64)>, kind: &str) {
-    if let Some((_, n)) = kinds.iter_mut().find(|(k, _)| k == kind) {
-        *n += 1;
+    add_kind(kinds, kind, 1);
+}
+
+/// Counts `n` occurrences of `kind`, keeping at most 8 distinct kinds.
+pub(crate) fn add_kind(kinds: &mut Vec<(String, u64)>, kind: &str, n: u64) {
+    if let Some((_, m)) = kinds.iter_mut().find(|(k, _)| k == kind) {
+        *m += n;
     } else if kinds.len() < 8 {
-        kinds.push((kind.to_owned(), 1));
+        kinds.push((kind.to_owned(), n));
     }
 }
 
