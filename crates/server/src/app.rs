@@ -8,7 +8,7 @@ use switchboard_hub::Hub;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::{api, ops, transport};
+use crate::{api, home, ops, transport};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -21,12 +21,17 @@ pub struct AppState {
     pub tasks: TaskTracker,
 }
 
-/// Builds the router with every route the server serves.
+/// Builds the router with every route the server serves: `/` (the start page, when
+/// `demos.enabled`), `/connection/websocket`, `/health`, `/metrics` and `/api/...`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/connection/websocket", get(transport::websocket::handler))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
-        .merge(api::router())
-        .with_state(state)
+        .merge(api::router());
+    if state.config.demos.enabled {
+        let page = home::render(&state.config);
+        router = router.route("/", get(move || std::future::ready(page.clone())));
+    }
+    router.with_state(state)
 }

@@ -39,14 +39,16 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Open defaults for local development: anonymous clients may subscribe and publish on any
-    /// channel, the server API needs no key on loopback, demos are served.
+    /// channel, the server API needs no key from loopback (unless `api.key` is set), a start
+    /// page is served at `/`.
     Development,
     /// Everything closed unless the configuration opens it.
     Production,
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    /// `"development"` or `"production"`, as written in the configuration.
+    pub fn as_str(self) -> &'static str {
         match self {
             Mode::Development => "development",
             Mode::Production => "production",
@@ -205,6 +207,17 @@ pub enum BrokerKind {
     Nats,
 }
 
+impl BrokerKind {
+    /// `"memory"`, `"redis"` or `"nats"`, as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Memory => "memory",
+            BrokerKind::Redis => "redis",
+            BrokerKind::Nats => "nats",
+        }
+    }
+}
+
 /// Server API options.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -223,7 +236,9 @@ pub struct ApiConfig {
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct DemosConfig {
-    /// Serve the demo applications at `/`. Default false (true in development mode).
+    /// Serve the start page at `/` (what this server is, its endpoints, how to get a token); the
+    /// demo applications will be served there too once they exist. Default false (true in
+    /// development mode).
     pub enabled: bool,
 }
 
@@ -247,31 +262,70 @@ impl Sources {
             flags,
         }
     }
+
+    /// Names of the environment variables that [`load`] applies (the others are ignored), for
+    /// the startup log. Values are left out: they may be secrets.
+    pub fn applied_env(&self) -> Vec<&str> {
+        self.env
+            .iter()
+            .filter(|(name, _)| env_path(name).is_some())
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+}
+
+/// The dotted path an environment variable sets, if it is one [`load`] applies.
+fn env_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    let first = path.first()?;
+    TOP_LEVEL_KEYS.contains(&first.as_str()).then_some(path)
 }
 
 /// Every problem found in a configuration, one line each with the field's path.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .problems.join("\n  "))]
 pub struct ConfigError {
-    /// One message per invalid field.
+    /// One message per problem: first the file's syntax errors (the first
+    /// [`syntax_errors`](Self::syntax_errors) entries, each with line and column), then one
+    /// message per invalid field (checked on the file without the lines that have syntax
+    /// errors).
     pub problems: Vec<String>,
+    /// How many of `problems` are syntax errors in the file.
+    pub syntax_errors: usize,
 }
 
 /// Loads and validates the configuration from `sources`.
+///
+/// A file with syntax errors is still checked field by field without the offending lines, so
+/// that one run reports as much as it can; the result is an error either way.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let mut table = match &sources.file {
-        Some(path) => read_file(path).map_err(|p| ConfigError { problems: vec![p] })?,
+        Some(path) => {
+            let file = read_file(path).map_err(|p| ConfigError {
+                problems: vec![p],
+                syntax_errors: 0,
+            })?;
+            problems = file.syntax_errors;
+            match file.table {
+                Some(table) => table,
+                None => {
+                    let syntax_errors = problems.len();
+                    return Err(ConfigError {
+                        problems,
+                        syntax_errors,
+                    });
+                }
+            }
+        }
         None => Table::new(),
     };
+    let syntax_errors = problems.len();
     for (name, raw) in &sources.env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+        let Some(path) = env_path(name) else {
             continue;
         };
-        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-        if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
-            continue;
-        }
         if let Err(p) = set_path(&mut table, &path, parse_env_value(raw)) {
             problems.push(format!("{name}: {p}"));
         }
@@ -285,7 +339,14 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let mode = match table.get("mode") {
         Some(Value::String(s)) if s == "development" => Mode::Development,
         Some(Value::String(s)) if s == "production" => Mode::Production,
-        Some(_) => Mode::Production, // reported as invalid by deserialisation below
+        Some(other) => {
+            problems.push(format!(
+                "mode: unknown value {other}, expected \"development\" or \"production\""
+            ));
+            // Check the rest with the stricter defaults.
+            table.remove("mode");
+            Mode::Production
+        }
         None if sources.file.is_some() => Mode::Production,
         None => Mode::Development,
     };
@@ -301,15 +362,100 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     }
     match config {
         Some(config) if problems.is_empty() => Ok(config),
-        _ => Err(ConfigError { problems }),
+        _ => Err(ConfigError {
+            problems,
+            syntax_errors,
+        }),
     }
 }
 
-fn read_file(path: &Path) -> Result<Table, String> {
+/// A configuration file read as far as its syntax allows.
+struct FileContents {
+    /// The file without the lines that have syntax errors; `None` when that does not parse
+    /// either.
+    table: Option<Table>,
+    /// One message per syntax error, with line and column.
+    syntax_errors: Vec<String>,
+}
+
+/// Stop looking for syntax errors after this many: by then the rest is mostly their echo.
+const MAX_SYNTAX_ERRORS: usize = 20;
+
+/// Prefix of the placeholder tables that stand in for broken table headers.
+const BROKEN_HEADER: &str = "switchboard-checkconfig-broken-header-line-";
+
+/// Reads `path`. The TOML parser stops at the first error, so every error's line is blanked
+/// (a broken `[table]` header is replaced by a placeholder table, so that the keys under it do
+/// not land in the previous table) and the text parsed again, until it parses or nothing more
+/// can be learnt. Line numbers stay those of the file.
+fn read_file(path: &Path) -> Result<FileContents, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    text.parse::<Table>()
-        .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut current = text;
+    let mut syntax_errors = Vec::new();
+    let mut changed = vec![false; lines.len()];
+    loop {
+        let err = match current.parse::<Table>() {
+            Ok(mut table) => {
+                table.retain(|key, _| !key.starts_with(BROKEN_HEADER));
+                return Ok(FileContents {
+                    table: Some(table),
+                    syntax_errors,
+                });
+            }
+            Err(err) => err,
+        };
+        let at = err.span().map(|span| line_column(&current, span.start));
+        let message = err.message().trim_end();
+        let Some((line, column)) = at else {
+            syntax_errors.push(format!("{}: {message}", path.display()));
+            break;
+        };
+        let source = lines.get(line).map(String::as_str).unwrap_or_default();
+        syntax_errors.push(syntax_error(path, line, column, message, source));
+        // A line already neutralised, or the last one reached: the rest cannot be trusted.
+        if changed.get(line).copied().unwrap_or(true) || syntax_errors.len() >= MAX_SYNTAX_ERRORS {
+            break;
+        }
+        changed[line] = true;
+        lines[line] = if lines[line].trim_start().starts_with('[') {
+            format!("[\"{BROKEN_HEADER}{}\"]", line + 1)
+        } else {
+            String::new()
+        };
+        current = lines.join("\n");
+    }
+    syntax_errors.push(format!(
+        "{}: further syntax errors may be hidden by the ones above",
+        path.display()
+    ));
+    Ok(FileContents {
+        table: None,
+        syntax_errors,
+    })
+}
+
+/// Zero-based line and one-based column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count();
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// `FILE:LINE:COLUMN: syntax error: MESSAGE` and the line with a caret under the column.
+fn syntax_error(path: &Path, line: usize, column: usize, message: &str, source: &str) -> String {
+    let number = (line + 1).to_string();
+    let gutter = " ".repeat(number.len());
+    let caret = " ".repeat(column.saturating_sub(1));
+    format!(
+        "{}:{}:{column}: syntax error: {message}\n    {number} | {source}\n    {gutter} | {caret}^",
+        path.display(),
+        line + 1,
+    )
 }
 
 fn parse_env_value(raw: &str) -> Value {
@@ -491,6 +637,21 @@ fn validate(config: &Config) -> Vec<String> {
             problems.push(format!("{path}.{e}"));
         }
     }
+    match config.broker.kind {
+        BrokerKind::Memory => {}
+        BrokerKind::Redis => {
+            if let Err(e) = config.broker.redis.validate() {
+                // "redis: ..." -> "broker.redis: ...".
+                problems.push(format!("broker.{e}"));
+            }
+        }
+        BrokerKind::Nats => {
+            if let Err(e) = config.broker.nats.validate() {
+                // Already says "invalid [broker.nats] config: ...".
+                problems.push(e.to_string());
+            }
+        }
+    }
     if config.tls.is_enabled() {
         if let Err(e) = config.tls.acceptor() {
             problems.push(format!("{e:#}"));
@@ -635,5 +796,88 @@ mod tests {
     fn syntax_errors_name_the_file() {
         let err = from_toml("[client\n", &[]).unwrap_err();
         assert!(err.problems[0].contains("switchboard.toml"));
+    }
+
+    #[test]
+    fn every_syntax_error_is_reported_with_line_and_column_then_the_fields() {
+        let err = from_toml(
+            "address = \"127.0.0.1:1\"\n\
+             [client\n\
+             ping_interval = \"soon\"\n\
+             [channel]\n\
+             max_length = = 3\n\
+             colour = \"blue\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert_eq!(err.syntax_errors, 2, "{all}");
+        assert!(
+            err.problems[0].contains("switchboard.toml:2:8: syntax error"),
+            "{all}"
+        );
+        assert!(err.problems[0].contains("2 | [client"), "{all}");
+        assert!(err.problems[1].contains("switchboard.toml:5:"), "{all}");
+        // The rest is still checked; the keys under the broken header are not taken for
+        // top-level ones.
+        assert!(all.contains("colour: unknown field"), "{all}");
+        assert!(!all.contains("ping_interval"), "{all}");
+    }
+
+    #[test]
+    fn syntax_error_columns_count_characters() {
+        assert_eq!(line_column("a\nbé = x", 6), (1, 4));
+        assert_eq!(line_column("abc", 99), (0, 4));
+    }
+
+    #[test]
+    fn unknown_mode_is_one_clear_problem() {
+        let err = from_toml("mode = \"prod\"\n", &[]).unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec!["mode: unknown value \"prod\", expected \"development\" or \"production\""]
+        );
+        let err = from_toml("mode = 1\n", &[]).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+        assert!(err.problems[0].starts_with("mode: unknown value 1"));
+    }
+
+    #[test]
+    fn broker_options_are_checked() {
+        let err = from_toml(
+            "[broker]\ntype = \"redis\"\n[broker.redis]\naddresses = []\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0].starts_with("broker.redis:"),
+            "{:?}",
+            err.problems
+        );
+        let err = from_toml(
+            "[broker]\ntype = \"nats\"\n[broker.nats]\nprefix = \"a.b\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0].contains("broker.nats"),
+            "{:?}",
+            err.problems
+        );
+    }
+
+    #[test]
+    fn applied_env_names_only_known_keys() {
+        let sources = Sources {
+            file: None,
+            env: vec![
+                ("SWITCHBOARD_ADDRESS".into(), "127.0.0.1:1".into()),
+                ("SWITCHBOARD_FULL".into(), "1".into()),
+                ("SWITCHBOARD_CONFIG".into(), "x.toml".into()),
+                ("HOME".into(), "/root".into()),
+            ],
+            flags: vec![],
+        };
+        assert_eq!(sources.applied_env(), vec!["SWITCHBOARD_ADDRESS"]);
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod glob;
+pub mod home;
 pub mod jwks;
 pub mod ops;
 pub mod origin;
@@ -79,12 +80,17 @@ impl Server {
             jwks::spawn_refresh(hub.clone(), &config);
         }
         if config.mode == Mode::Development {
-            tracing::warn!(
-                "development mode: anonymous clients may subscribe and publish on any channel, \
-                 the server API is open without a key on loopback, demos are served; \
-                 use --mode production or a config file for anything else"
-            );
+            tracing::warn!("{}", development_warning(&config));
         }
+        let mode = config.mode.as_str();
+        let url = format!(
+            "{}://{addr}/",
+            if config.tls.is_enabled() {
+                "https"
+            } else {
+                "http"
+            }
+        );
         let tasks = TaskTracker::new();
         let state = AppState {
             hub: hub.clone(),
@@ -108,7 +114,8 @@ impl Server {
             shutdown.clone(),
             drain_timeout,
         ));
-        tracing::info!(%addr, node = %hub.node().name, "switchboard listening");
+        // Scripts and tests wait for this message and read `addr`: keep both.
+        tracing::info!(%addr, %url, mode = %mode, node = %hub.node().name, "switchboard listening");
         Ok(Self {
             addr,
             hub,
@@ -141,6 +148,45 @@ impl Server {
         }
         self.shutdown().await;
     }
+}
+
+/// The startup warning of development mode: what this configuration leaves open (settings
+/// made explicitly win over the mode's defaults, so it is worked out from the result).
+fn development_warning(config: &Config) -> String {
+    let mut open = Vec::new();
+    let channel = &config.channel;
+    let open_for_anonymous = |ns: &switchboard_hub::NamespaceOptions| {
+        ns.allow_subscribe_for_client
+            && ns.allow_subscribe_for_anonymous
+            && ns.allow_publish_for_client
+            && ns.allow_publish_for_anonymous
+    };
+    if config.client.allow_anonymous {
+        let everywhere = channel.allow_unknown_namespaces
+            && open_for_anonymous(&channel.default)
+            && channel.namespaces.iter().all(open_for_anonymous);
+        open.push(if everywhere {
+            "anonymous clients may subscribe and publish on any channel"
+        } else {
+            "anonymous clients may connect"
+        });
+    }
+    let api = &config.api;
+    open.push(if !api.key.is_empty() {
+        "the server API needs the configured api.key"
+    } else if api.insecure {
+        "the server API is open without a key to loopback clients"
+    } else {
+        "the server API is disabled (no api.key)"
+    });
+    if config.demos.enabled {
+        open.push("a start page is served at /");
+    }
+    format!(
+        "development mode: {}; not for production: use --mode production or a config file \
+         without mode = \"development\"",
+        open.join(", ")
+    )
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -292,5 +338,41 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_warning_says_what_is_open() {
+        let config = Config::development();
+        let warning = development_warning(&config);
+        assert!(
+            warning.contains("anonymous clients may subscribe and publish on any channel"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("open without a key to loopback clients"),
+            "{warning}"
+        );
+        assert!(warning.contains("start page is served at /"), "{warning}");
+    }
+
+    #[test]
+    fn development_warning_with_an_api_key_does_not_claim_the_api_is_open() {
+        let mut config = Config::development();
+        config.api.key = "secret".into();
+        config.channel.default.allow_publish_for_anonymous = false;
+        config.demos.enabled = false;
+        let warning = development_warning(&config);
+        assert!(!warning.contains("without a key"), "{warning}");
+        assert!(
+            warning.contains("needs the configured api.key"),
+            "{warning}"
+        );
+        assert!(!warning.contains("any channel"), "{warning}");
+        assert!(!warning.contains("start page"), "{warning}");
     }
 }
