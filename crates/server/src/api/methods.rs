@@ -1,13 +1,22 @@
-//! The server API methods: request shapes, and the hub calls behind them.
+//! The server API methods: request shapes, result shapes, and the hub calls behind them.
+//!
+//! Client data (`data`, `info`, and what comes back in `history` and `presence`) stays JSON text
+//! from the request body to the broker and from the broker to the response body: requests are
+//! parsed into typed structs whose client-data fields are [`RawValue`]s, results are serialised
+//! from typed structs that embed them. Nothing goes through a `serde_json::Value` tree, so data
+//! arrives exactly as sent (key order, number spelling such as `2.50` or 24-digit integers,
+//! string escapes) and serde_json's nesting limit, which applies to trees only, does not apply.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::ser::SerializeMap as _;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
-use switchboard_hub::{HistoryFilter, Hub, PublishParams};
-use switchboard_proto::{DisconnectCode, ErrorCode, StreamPosition};
+use switchboard_hub::{HistoryFilter, Hub, NodeStats, PublishParams};
+use switchboard_proto::{
+    DisconnectCode, ErrorCode, HistoryResult, PresenceResult, PresenceStatsResult, StreamPosition,
+};
 
 use crate::glob::glob_match;
 
@@ -65,31 +74,92 @@ impl Method {
     }
 }
 
-type MethodResult = Result<Value, ErrorCode>;
+/// A method's result as JSON text, or why it failed.
+type MethodResult = Result<Box<RawValue>, ErrorCode>;
 
-fn error_value(code: ErrorCode) -> Value {
-    let mut e = json!({"code": code.code, "message": code.message});
-    if code.temporary {
-        e["temporary"] = Value::Bool(true);
-    }
-    e
+/// Serialises a result. Results are plain data with string keys whose client parts are raw
+/// JSON written out verbatim, so this does not fail in practice; if it ever did, the caller
+/// answers error 100 instead of panicking.
+fn to_raw<T: Serialize + ?Sized>(value: &T) -> MethodResult {
+    serde_json::value::to_raw_value(value).map_err(|e| {
+        tracing::error!(error = %e, "server API result does not serialise");
+        ErrorCode::INTERNAL
+    })
 }
 
-/// Runs `method` with `params`; returns `{"result": ..}` or `{"error": ..}`, except `batch`,
-/// whose `{"replies": [..]}` is the top-level answer (as Centrifugo's, which `cent` expects).
-pub(super) async fn dispatch(hub: &Hub, method: Method, params: Value) -> Value {
+/// The `error` object of an answer.
+#[derive(Debug, Serialize)]
+pub(super) struct ApiError {
+    code: u32,
+    message: &'static str,
+    #[serde(skip_serializing_if = "is_false")]
+    temporary: bool,
+}
+
+impl From<ErrorCode> for ApiError {
+    fn from(code: ErrorCode) -> Self {
+        Self {
+            code: code.code,
+            message: code.message,
+            temporary: code.temporary,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `{"result": ..}` or `{"error": ..}`: one method's answer (the whole response body, or one
+/// channel's entry in `broadcast`'s `responses`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Reply<T> {
+    /// The method succeeded.
+    Result(T),
+    /// The method failed.
+    Error(ApiError),
+}
+
+impl<T> From<Result<T, ErrorCode>> for Reply<T> {
+    fn from(result: Result<T, ErrorCode>) -> Self {
+        match result {
+            Ok(r) => Self::Result(r),
+            Err(code) => Self::Error(code.into()),
+        }
+    }
+}
+
+/// A response body.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(super) enum Answer {
+    /// Every method but a successful `batch`.
+    Reply(Reply<Box<RawValue>>),
+    /// A successful `batch`: `{"replies": [..]}` at the top level (as Centrifugo's, which `cent`
+    /// expects).
+    Batch(Box<RawValue>),
+}
+
+/// Runs `method` with `params` (JSON text, already checked to be syntactically valid).
+pub(super) async fn dispatch(hub: &Hub, method: Method, params: &str) -> Answer {
     match run(hub, method, params).await {
-        Ok(result) if method == Method::Batch => result,
-        Ok(result) => json!({ "result": result }),
-        Err(code) => json!({ "error": error_value(code) }),
+        Ok(result) if method == Method::Batch => Answer::Batch(result),
+        result => Answer::Reply(result.into()),
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, ErrorCode> {
-    serde_json::from_value(params).map_err(|_| ErrorCode::BAD_REQUEST)
+/// Parses a method's parameters. Client-data fields are `RawValue`s, which serde_json skips
+/// over without building a tree, so deeply nested data parses like any other.
+fn parse<'a, T: Deserialize<'a>>(params: &'a str) -> Result<T, ErrorCode> {
+    serde_json::from_str(params).map_err(|_| ErrorCode::BAD_REQUEST)
 }
 
-async fn run(hub: &Hub, method: Method, params: Value) -> MethodResult {
+/// An empty result object `{}`.
+#[derive(Debug, Serialize)]
+struct Empty {}
+
+async fn run(hub: &Hub, method: Method, params: &str) -> MethodResult {
     match method {
         Method::Publish => publish(hub, parse(params)?).await,
         Method::Broadcast => broadcast(hub, parse(params)?).await,
@@ -101,23 +171,26 @@ async fn run(hub: &Hub, method: Method, params: Value) -> MethodResult {
             let req: ChannelRequest = parse(params)?;
             require_channel(&req.channel)?;
             let presence = hub.presence(&req.channel).await?;
-            Ok(json!({ "presence": presence }))
+            to_raw(&PresenceResult { presence })
         }
         Method::PresenceStats => {
             let req: ChannelRequest = parse(params)?;
             require_channel(&req.channel)?;
             let stats = hub.presence_stats(&req.channel).await?;
-            Ok(json!({ "num_clients": stats.num_clients, "num_users": stats.num_users }))
+            to_raw(&PresenceStatsResult {
+                num_clients: stats.num_clients,
+                num_users: stats.num_users,
+            })
         }
         Method::History => history(hub, parse(params)?).await,
         Method::HistoryRemove => {
             let req: ChannelRequest = parse(params)?;
             require_channel(&req.channel)?;
             hub.remove_history(&req.channel).await?;
-            Ok(json!({}))
+            to_raw(&Empty {})
         }
         Method::Channels => channels(hub, parse(params)?),
-        Method::Info => Ok(json!({ "nodes": hub.nodes() })),
+        Method::Info => to_raw(&InfoResult { nodes: hub.nodes() }),
         Method::Batch => Box::pin(batch(hub, parse(params)?)).await,
     }
 }
@@ -169,7 +242,7 @@ async fn publish(hub: &Hub, req: PublishRequest) -> MethodResult {
     params.skip_history = req.skip_history;
     params.idempotency_key = non_empty(&req.idempotency_key).map(str::to_string);
     let position = hub.publish_with_params(&req.channel, data, params).await?;
-    Ok(position_value(position.offset, &position.epoch))
+    to_raw(&Position::of(&position))
 }
 
 /// `history` parameters.
@@ -191,25 +264,34 @@ async fn history(hub: &Hub, req: HistoryRequest) -> MethodResult {
     filter.limit = usize::try_from(req.limit).ok();
     filter.reverse = req.reverse;
     let h = hub.history(&req.channel, &filter).await?;
-    let mut result = json!({ "publications": h.publications });
-    if h.position.offset > 0 {
-        result["offset"] = json!(h.position.offset);
-    }
-    if !h.position.epoch.is_empty() {
-        result["epoch"] = json!(h.position.epoch);
-    }
-    Ok(result)
+    to_raw(&HistoryResult {
+        publications: h.publications,
+        epoch: h.position.epoch,
+        offset: h.position.offset,
+    })
 }
 
-fn position_value(offset: u64, epoch: &str) -> Value {
-    let mut v = json!({});
-    if offset > 0 {
-        v["offset"] = json!(offset);
+/// A stream position as results show it: `offset` and `epoch` left out when zero or empty
+/// (`{}` for channels without history).
+#[derive(Debug, Serialize)]
+struct Position<'a> {
+    #[serde(skip_serializing_if = "is_zero")]
+    offset: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    epoch: &'a str,
+}
+
+impl<'a> Position<'a> {
+    fn of(position: &'a StreamPosition) -> Self {
+        Self {
+            offset: position.offset,
+            epoch: &position.epoch,
+        }
     }
-    if !epoch.is_empty() {
-        v["epoch"] = json!(epoch);
-    }
-    v
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `broadcast` parameters.
@@ -239,13 +321,19 @@ async fn broadcast(hub: &Hub, req: BroadcastRequest) -> MethodResult {
         params.tags = req.tags.clone();
         params.skip_history = req.skip_history;
         params.idempotency_key = non_empty(&req.idempotency_key).map(str::to_string);
-        let published = hub.publish_with_params(channel, data.clone(), params).await;
-        responses.push(match published {
-            Ok(p) => json!({ "result": position_value(p.offset, &p.epoch) }),
-            Err(code) => json!({ "error": error_value(code) }),
-        });
+        responses.push(hub.publish_with_params(channel, data.clone(), params).await);
     }
-    Ok(json!({ "responses": responses }))
+    let responses = responses
+        .iter()
+        .map(|r| r.as_ref().map(Position::of).map_err(|e| *e).into())
+        .collect();
+    to_raw(&BroadcastResult { responses })
+}
+
+/// Result of `broadcast`: one answer per channel, in the request's order.
+#[derive(Debug, Serialize)]
+struct BroadcastResult<'a> {
+    responses: Vec<Reply<Position<'a>>>,
 }
 
 /// `subscribe` / `unsubscribe` parameters.
@@ -286,7 +374,7 @@ async fn subscribe(hub: &Hub, req: UserChannelRequest) -> MethodResult {
     };
     hub.subscribe_everywhere(&req.user, non_empty(&req.client), &req.channel, info)
         .await?;
-    Ok(json!({}))
+    to_raw(&Empty {})
 }
 
 async fn unsubscribe(hub: &Hub, req: UserChannelRequest) -> MethodResult {
@@ -294,7 +382,7 @@ async fn unsubscribe(hub: &Hub, req: UserChannelRequest) -> MethodResult {
     require_channel(&req.channel)?;
     hub.unsubscribe_everywhere(&req.user, non_empty(&req.client), &req.channel)
         .await?;
-    Ok(json!({}))
+    to_raw(&Empty {})
 }
 
 /// `disconnect` parameters.
@@ -324,7 +412,7 @@ async fn disconnect(hub: &Hub, req: DisconnectRequest) -> MethodResult {
     };
     hub.disconnect_everywhere(&req.user, non_empty(&req.client), &req.whitelist, code)
         .await?;
-    Ok(json!({}))
+    to_raw(&Empty {})
 }
 
 /// A disconnect code chosen by the application: one of ours, or 4000..=4999 with its reason.
@@ -356,7 +444,7 @@ async fn refresh(hub: &Hub, req: RefreshRequest) -> MethodResult {
     let expire_at = (req.expire_at > 0).then_some(req.expire_at);
     hub.refresh_everywhere(&req.user, non_empty(&req.client), expire_at, req.expired)
         .await?;
-    Ok(json!({}))
+    to_raw(&Empty {})
 }
 
 /// Parameters of the channel-only methods.
@@ -374,20 +462,40 @@ struct ChannelsRequest {
 }
 
 fn channels(hub: &Hub, req: ChannelsRequest) -> MethodResult {
-    let mut out = serde_json::Map::new();
-    for (name, count) in hub.channels() {
-        if req.pattern.is_empty() || glob_match(&req.pattern, &name) {
-            out.insert(name, json!({ "num_clients": count }));
-        }
-    }
-    Ok(json!({ "channels": out }))
+    let channels = hub
+        .channels()
+        .into_iter()
+        .filter(|(name, _)| req.pattern.is_empty() || glob_match(&req.pattern, name))
+        .map(|(name, num_clients)| (name, ChannelInfo { num_clients }))
+        .collect();
+    to_raw(&ChannelsResult { channels })
+}
+
+/// Result of `channels`, by channel name.
+#[derive(Debug, Serialize)]
+struct ChannelsResult {
+    channels: BTreeMap<String, ChannelInfo>,
+}
+
+/// One channel in [`ChannelsResult`].
+#[derive(Debug, Serialize)]
+struct ChannelInfo {
+    num_clients: usize,
+}
+
+/// Result of `info`.
+#[derive(Debug, Serialize)]
+struct InfoResult {
+    nodes: Vec<NodeStats>,
 }
 
 /// `batch` parameters.
 #[derive(Debug, Deserialize)]
 struct BatchRequest {
+    /// Each an object with one key, the method name, whose value (the method's parameters) is
+    /// kept as JSON text, parsed only by that method.
     #[serde(default)]
-    commands: Vec<serde_json::Map<String, Value>>,
+    commands: Vec<HashMap<String, Box<RawValue>>>,
 }
 
 async fn batch(hub: &Hub, req: BatchRequest) -> MethodResult {
@@ -399,19 +507,35 @@ async fn batch(hub: &Hub, req: BatchRequest) -> MethodResult {
         let mut entries = command.into_iter();
         let reply = match (entries.next(), entries.next()) {
             (Some((name, params)), None) => match Method::parse(&name) {
-                Some(Method::Batch) | None => {
-                    json!({ "error": error_value(ErrorCode::METHOD_NOT_FOUND) })
-                }
-                Some(method) => match run(hub, method, params).await {
-                    Ok(result) => json!({ name: result }),
-                    Err(code) => json!({ "error": error_value(code) }),
-                },
+                Some(Method::Batch) | None => Err(ErrorCode::METHOD_NOT_FOUND),
+                Some(method) => run(hub, method, params.get()).await.map(|r| (name, r)),
             },
-            _ => json!({ "error": error_value(ErrorCode::BAD_REQUEST) }),
+            _ => Err(ErrorCode::BAD_REQUEST),
         };
-        replies.push(reply);
+        replies.push(BatchReply(reply));
     }
-    Ok(json!({ "replies": replies }))
+    to_raw(&BatchResult { replies })
+}
+
+/// A successful `batch`'s answer.
+#[derive(Debug, Serialize)]
+struct BatchResult {
+    replies: Vec<BatchReply>,
+}
+
+/// One command's reply in a batch: `{"<method>": result}` or `{"error": ..}`.
+#[derive(Debug)]
+struct BatchReply(Result<(String, Box<RawValue>), ErrorCode>);
+
+impl Serialize for BatchReply {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        match &self.0 {
+            Ok((method, result)) => map.serialize_entry(method, result)?,
+            Err(code) => map.serialize_entry("error", &ApiError::from(*code))?,
+        }
+        map.end()
+    }
 }
 
 #[cfg(test)]
@@ -434,5 +558,51 @@ mod tests {
         assert!(payload(None, "").is_err());
         assert_eq!(payload(None, "eyJhIjoxfQ==").unwrap().get(), r#"{"a":1}"#);
         assert!(payload(None, "AAEC").is_err());
+    }
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_string()).unwrap()
+    }
+
+    #[test]
+    fn deeply_nested_data_parses_verbatim() {
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        let req: PublishRequest = parse(&format!(r#"{{"channel":"c","data":{deep}}}"#)).unwrap();
+        assert_eq!(req.data.unwrap().get(), deep);
+        let req: PublishRequest = parse(r#"{"channel":"c","data":{"z":1,"a":2.50}}"#).unwrap();
+        assert_eq!(req.data.unwrap().get(), r#"{"z":1,"a":2.50}"#);
+        // Depth where a string is expected is the wrong shape.
+        assert!(parse::<PublishRequest>(&deep).is_err());
+        let req: BatchRequest =
+            parse(&format!(r#"{{"commands":[{{"publish":{deep}}}]}}"#)).unwrap();
+        assert_eq!(req.commands[0]["publish"].get(), deep);
+    }
+
+    #[test]
+    fn answers_embed_results_verbatim() {
+        let data = r#"{"z":1,"a":2.50,"big":123456789012345678901234}"#;
+        let answer = Answer::Reply(Reply::Result(raw(data)));
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            format!(r#"{{"result":{data}}}"#)
+        );
+        let answer = Answer::Reply(Err(ErrorCode::INTERNAL).into());
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            r#"{"error":{"code":100,"message":"internal server error","temporary":true}}"#
+        );
+        let batch = BatchResult {
+            replies: vec![
+                BatchReply(Ok(("history".into(), raw(data)))),
+                BatchReply(Err(ErrorCode::BAD_REQUEST)),
+            ],
+        };
+        let answer = Answer::Batch(to_raw(&batch).unwrap());
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            format!(
+                r#"{{"replies":[{{"history":{data}}},{{"error":{{"code":107,"message":"bad request"}}}}]}}"#
+            )
+        );
     }
 }

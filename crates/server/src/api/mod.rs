@@ -16,7 +16,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::de::IgnoredAny;
+use serde_json::json;
 use switchboard_proto::ErrorCode;
 
 use crate::app::AppState;
@@ -46,7 +47,7 @@ pub enum ApiRejection {
     /// The method does not exist.
     #[error("method not found")]
     UnknownMethod,
-    /// The body is not valid JSON of the method's shape.
+    /// The body is not UTF-8 JSON text (valid JSON of the wrong shape is a method-level error).
     #[error("bad request: {0}")]
     BadRequest(String),
 }
@@ -103,16 +104,30 @@ async fn call(
     Path(method): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiRejection> {
+) -> Result<Json<methods::Answer>, ApiRejection> {
     authorize(&state, &headers, peer)?;
     let method = Method::parse(&method).ok_or(ApiRejection::UnknownMethod)?;
-    let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiRejection::BadRequest(e.to_string()))?
-    };
-    let reply = methods::dispatch(&state.hub, method, params).await;
-    Ok(Json(reply))
+    let params = json_text(&body)?;
+    let answer = methods::dispatch(&state.hub, method, params).await;
+    Ok(Json(answer))
+}
+
+/// The body as JSON text for the method to parse into its request type (`{}` when the body is
+/// empty or blank).
+///
+/// Only the syntax is checked here, without building a tree: serde_json skips values it ignores
+/// iteratively, so a deeply nested body cannot exhaust the stack or hit serde_json's nesting
+/// limit. How deep client data may be is not the API's business (client publications have no
+/// such limit either); a body whose depth sits where the method expects a string or number is
+/// just the wrong shape, a method-level error 107.
+fn json_text(body: &[u8]) -> Result<&str, ApiRejection> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok("{}");
+    }
+    let text = std::str::from_utf8(body).map_err(|e| ApiRejection::BadRequest(e.to_string()))?;
+    serde_json::from_str::<IgnoredAny>(text)
+        .map_err(|e| ApiRejection::BadRequest(e.to_string()))?;
+    Ok(text)
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -120,4 +135,25 @@ async fn openapi() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         include_str!("openapi.json"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_text_checks_syntax_at_any_depth() {
+        assert_eq!(json_text(b"").unwrap(), "{}");
+        assert_eq!(json_text(b" \n").unwrap(), "{}");
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(json_text(deep.as_bytes()).unwrap(), deep);
+        for bad in [
+            &b"[".repeat(10_000)[..],
+            b"{\"a\":",
+            b"not json",
+            b"\"\xff\"",
+        ] {
+            assert!(matches!(json_text(bad), Err(ApiRejection::BadRequest(_))));
+        }
+    }
 }
