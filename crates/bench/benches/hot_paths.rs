@@ -76,7 +76,7 @@ fn drain(client: &Client, into: &mut Vec<Bytes>) -> usize {
     let mut n = 0;
     loop {
         into.clear();
-        match client.outbound().poll_drain(&mut cx, into, 1024) {
+        match client.outbound().poll_drain(&mut cx, into, 1024, true) {
             Poll::Ready(Drained::Items) => n += into.len(),
             _ => return n,
         }

@@ -23,7 +23,7 @@ use crate::auth::{info_from, TokenError};
 use crate::broker::{BrokerError, HistoryFilter};
 use crate::config::NamespaceOptions;
 use crate::hub::{ClientEntry, Hub, TransportInfo};
-use crate::outbound::{Outbound, PushOutcome};
+use crate::outbound::{Control, Outbound, PushOutcome};
 use crate::proxy::{parse_answer, ProxyAnswer, ProxyKind};
 use crate::registry::{Gate, Subscriber};
 
@@ -40,35 +40,6 @@ pub const UNSUBSCRIBE_EXPIRED: u32 = 2501;
 pub const UNSUBSCRIBE_INSUFFICIENT_STATE: u32 = 2500;
 /// Subscribe flag bit: answer error 112 instead of `recovered: false`.
 const FLAG_REJECT_UNRECOVERED: i64 = 2;
-
-/// A request from outside the session (server API), applied by the connection's task.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Control {
-    /// Subscribe the client to a channel, without permission checks.
-    Subscribe {
-        /// Channel name.
-        channel: String,
-        /// Channel info for this subscriber.
-        info: Option<Box<RawValue>>,
-    },
-    /// Unsubscribe the client from a channel.
-    Unsubscribe {
-        /// Channel name.
-        channel: String,
-    },
-    /// Set the connection's expiry (unix seconds; `None` = never expires).
-    Refresh {
-        /// New expiry.
-        expire_at: Option<u64>,
-    },
-    /// The node may have missed publications of the channel: unsubscribe the client with code
-    /// 2500 so that it resubscribes and recovers.
-    InsufficientState {
-        /// Channel name.
-        channel: String,
-    },
-}
 
 /// State of one subscription held by a client.
 #[derive(Debug, Default)]
@@ -413,9 +384,7 @@ impl Client {
                 message,
                 temporary,
             }),
-            Ok(ProxyAnswer::Disconnect { code, reason }) => {
-                Err(Refusal::Disconnect(DisconnectCode::custom(code, &reason)))
-            }
+            Ok(ProxyAnswer::Disconnect(code)) => Err(Refusal::Disconnect(code)),
             Err(e) => {
                 tracing::warn!(client = %self.id, proxy = kind.name(), error = %e, "proxy call failed");
                 Err(ErrorCode::INTERNAL.into())
@@ -427,10 +396,8 @@ impl Client {
         self.hub.metrics().messages_out(1, message.len() as u64);
         match self.out.push(message) {
             PushOutcome::Queued | PushOutcome::Closed => Ok(()),
-            PushOutcome::Overflow => {
-                self.hub.metrics().disconnect(DisconnectCode::SLOW);
-                Err(DisconnectCode::SLOW)
-            }
+            // Counted by the transport when it closes the connection.
+            PushOutcome::Overflow => Err(DisconnectCode::SLOW),
         }
     }
 
@@ -440,6 +407,11 @@ impl Client {
             return Ok(());
         }
         self.push(encode_error_reply(id, code))
+    }
+
+    fn unverifiable_subscription_token(&self, channel: &str, reason: &str) -> Refusal {
+        tracing::info!(client = %self.id, user = %self.user, %channel, %reason, "subscription token refused");
+        Refusal::Error(ErrorCode::PERMISSION_DENIED)
     }
 
     fn invalid_token(&self, what: &str, reason: &str) -> Refusal {
@@ -523,6 +495,11 @@ impl Client {
             result.pong = self.transport.bidirectional && !config.pong_timeout.is_zero();
             self.next_ping = Some(now + ping);
         }
+        channels.extend(
+            config
+                .subscribe_to_user_personal_channel
+                .channel_for(&self.user),
+        );
         for channel in channels {
             match self.server_side_subscribe(&channel, None).await {
                 Ok(_) => {
@@ -634,9 +611,12 @@ impl Client {
         let mut result = SubscribeResult::default();
         if by_token {
             let hub = self.hub.clone();
+            // A token that cannot be verified (malformed, bad signature, no keys configured)
+            // refuses this subscription with 103 and the connection lives, as with Centrifugo;
+            // only a valid token for another channel or user closes the connection (3500).
             let Some(verifier) = hub.inner.subscription_tokens.as_ref() else {
-                return Err(self.invalid_token(
-                    "subscription token",
+                return Err(self.unverifiable_subscription_token(
+                    &req.channel,
                     "token authentication is not configured",
                 ));
             };
@@ -644,7 +624,7 @@ impl Client {
                 Ok(c) => c,
                 Err(TokenError::Expired) => return Err(ErrorCode::TOKEN_EXPIRED.into()),
                 Err(TokenError::Invalid(reason)) => {
-                    return Err(self.invalid_token("subscription token", &reason))
+                    return Err(self.unverifiable_subscription_token(&req.channel, &reason))
                 }
             };
             if claims.channel != req.channel || claims.sub != *self.user {
@@ -676,7 +656,7 @@ impl Client {
         let positioned = recoverable || (history && (options.force_positioning || req.positioned));
         sub.presence = options.presence;
         sub.announce = options.join_leave || options.force_push_join_leave;
-        let gate = Gate::closed();
+        let gate = Gate::closed(self.out.clone());
         let subscriber = Subscriber {
             out: self.out.clone(),
             join_leave,
@@ -690,7 +670,9 @@ impl Client {
             match self.stream_position(req, &options, &mut result).await {
                 Ok(top) => delivered = top,
                 Err(refusal) => {
-                    self.leave_channel(&req.channel).await;
+                    // Never joined in the others' eyes (no presence, no join push yet): leave
+                    // without a leave push.
+                    self.leave_channel(&req.channel, false).await;
                     return Err(refusal);
                 }
             }
@@ -700,7 +682,7 @@ impl Client {
         self.announce_join(&req.channel).await;
         let reply = encode_reply(id, &ReplyResult::Subscribe(result));
         self.hub.metrics().messages_out(1, reply.len() as u64);
-        let outcome = gate.open(&self.out, reply, delivered);
+        let outcome = gate.open(reply, delivered);
         self.hub.inner.registry.ungate(&req.channel, self.key);
         if outcome == PushOutcome::Overflow {
             return Err(DisconnectCode::SLOW.into());
@@ -725,9 +707,23 @@ impl Client {
         let mut recovered = None;
         if req.recover {
             result.was_recovering = true;
+            // An empty epoch means "any epoch" (the SDKs send it when the app only knows an
+            // offset, e.g. `{offset: 0, epoch: ''}`): recover from the offset in the current one.
+            let epoch = if req.epoch.is_empty() {
+                top(HistoryFilter {
+                    limit: Some(0),
+                    ..HistoryFilter::default()
+                })
+                .await
+                .map_err(crate::hub::broker_error)?
+                .position
+                .epoch
+            } else {
+                req.epoch.clone()
+            };
             let since = StreamPosition {
                 offset: req.offset,
-                epoch: req.epoch.clone(),
+                epoch,
             };
             match top(HistoryFilter {
                 since: Some(since),
@@ -825,7 +821,9 @@ impl Client {
         Ok(())
     }
 
-    async fn leave_channel(&mut self, channel: &str) -> bool {
+    /// Ends the subscription to `channel`; with `announced`, also removes the presence entry and
+    /// sends the leave push that its subscribe announced.
+    async fn leave_channel(&mut self, channel: &str, announced: bool) -> bool {
         let Some(sub) = self.subs.remove(channel) else {
             return false;
         };
@@ -836,7 +834,7 @@ impl Client {
                 .release(&*inner.broker, &inner.registry, channel)
                 .await;
         }
-        if sub.presence || sub.announce {
+        if announced && (sub.presence || sub.announce) {
             let info = self.info_with(sub.info);
             leave(&self.hub, channel, &info, sub.presence, sub.announce).await;
         }
@@ -844,7 +842,7 @@ impl Client {
     }
 
     async fn unsubscribe(&mut self, id: u32, req: &UnsubscribeRequest) -> CommandResult {
-        self.leave_channel(&req.channel).await;
+        self.leave_channel(&req.channel, true).await;
         Ok(Some(encode_reply(id, &ReplyResult::unsubscribe())))
     }
 
@@ -920,8 +918,10 @@ impl Client {
 
     async fn rpc(&mut self, id: u32, req: &switchboard_proto::RpcRequest) -> CommandResult {
         let endpoint = self.hub.config().proxy.rpc_endpoint.clone();
+        // No RPC handler at all: "not available", as Centrifugo answers (the SDKs' tests expect
+        // it); a handler that does not know the method answers its own error.
         if endpoint.is_empty() {
-            return Err(ErrorCode::METHOD_NOT_FOUND.into());
+            return Err(ErrorCode::NOT_AVAILABLE.into());
         }
         let mut body = self.proxy_body();
         body.insert("method".into(), req.method.clone().into());
@@ -1048,7 +1048,7 @@ impl Client {
                     }
                 }
                 Control::Unsubscribe { channel } => {
-                    if self.leave_channel(&channel).await {
+                    if self.leave_channel(&channel, true).await {
                         self.push(encode_unsubscribe_push(
                             &channel,
                             UNSUBSCRIBE_SERVER,
@@ -1058,7 +1058,7 @@ impl Client {
                 }
                 Control::Refresh { expire_at } => self.expires_at = expire_at,
                 Control::InsufficientState { channel } => {
-                    if self.leave_channel(&channel).await {
+                    if self.leave_channel(&channel, true).await {
                         self.push(encode_unsubscribe_push(
                             &channel,
                             UNSUBSCRIBE_INSUFFICIENT_STATE,

@@ -88,6 +88,36 @@ pub struct ClientConfig {
     /// Subscription token verification (`[client.subscription_token]`); when no key is set here
     /// the connection token keys are used.
     pub subscription_token: crate::auth::TokenConfig,
+    /// Server-side subscription of every authenticated user to a personal channel
+    /// (`[client.subscribe_to_user_personal_channel]`).
+    pub subscribe_to_user_personal_channel: PersonalChannelConfig,
+}
+
+/// Every authenticated connection subscribed, server-side, to its user's personal channel:
+/// `#<user>`, or `<namespace>:#<user>` with a namespace (Centrifugo's option of the same name).
+/// Anonymous connections are not subscribed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct PersonalChannelConfig {
+    /// Subscribe authenticated connections to their personal channel. Default false.
+    pub enabled: bool,
+    /// Namespace of the personal channels; empty (default) uses the default namespace.
+    pub personal_channel_namespace: String,
+}
+
+impl PersonalChannelConfig {
+    /// The personal channel of `user`, or `None` when disabled or for anonymous users.
+    pub fn channel_for(&self, user: &str) -> Option<String> {
+        if !self.enabled || user.is_empty() {
+            return None;
+        }
+        Some(if self.personal_channel_namespace.is_empty() {
+            format!("#{user}")
+        } else {
+            format!("{}:#{user}", self.personal_channel_namespace)
+        })
+    }
 }
 
 impl Default for ClientConfig {
@@ -111,6 +141,7 @@ impl Default for ClientConfig {
             idempotent_result_ttl: Duration::from_secs(300),
             token: Default::default(),
             subscription_token: Default::default(),
+            subscribe_to_user_personal_channel: Default::default(),
         }
     }
 }

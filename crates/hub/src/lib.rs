@@ -49,12 +49,12 @@ pub use broker::{
 };
 pub use channel::NAMESPACE_SEPARATOR;
 pub use client::{
-    Client, Control, PRIVATE_CHANNEL_PREFIX, UNSUBSCRIBE_EXPIRED, UNSUBSCRIBE_INSUFFICIENT_STATE,
+    Client, PRIVATE_CHANNEL_PREFIX, UNSUBSCRIBE_EXPIRED, UNSUBSCRIBE_INSUFFICIENT_STATE,
     UNSUBSCRIBE_SERVER, USER_BOUNDARY,
 };
-pub use config::{ChannelConfig, ClientConfig, HubConfig, NamespaceOptions};
+pub use config::{ChannelConfig, ClientConfig, HubConfig, NamespaceOptions, PersonalChannelConfig};
 pub use hub::{Hub, NodeInfo, NodeStats, PublishParams, TransportInfo};
 pub use memory::{MemoryBroker, DEFAULT_META_TTL};
 pub use metrics::Metrics;
-pub use outbound::{Drained, Outbound, PushOutcome};
+pub use outbound::{Control, Drained, Outbound, PushOutcome};
 pub use proxy::{Proxy, ProxyConfig, ProxyError, ProxyKind};

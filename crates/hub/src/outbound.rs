@@ -14,7 +14,52 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_proto::DisconnectCode;
 
-use crate::client::Control;
+use serde_json::value::RawValue;
+
+/// A request from outside the session (server API), applied by the connection's task.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Control {
+    /// Subscribe the client to a channel, without permission checks.
+    Subscribe {
+        /// Channel name.
+        channel: String,
+        /// Channel info for this subscriber.
+        info: Option<Box<RawValue>>,
+    },
+    /// Unsubscribe the client from a channel.
+    Unsubscribe {
+        /// Channel name.
+        channel: String,
+    },
+    /// Set the connection's expiry (unix seconds; `None` = never expires).
+    Refresh {
+        /// New expiry.
+        expire_at: Option<u64>,
+    },
+    /// The node may have missed publications of the channel: unsubscribe the client with code
+    /// 2500 so that it resubscribes and recovers.
+    InsufficientState {
+        /// Channel name.
+        channel: String,
+    },
+}
+
+impl Control {
+    /// Bytes this control counts for in its queue's limit: the request and what it carries.
+    fn size(&self) -> usize {
+        let carried = match self {
+            Control::Subscribe { channel, info } => {
+                channel.len() + info.as_ref().map_or(0, |i| i.get().len())
+            }
+            Control::Unsubscribe { channel } | Control::InsufficientState { channel } => {
+                channel.len()
+            }
+            Control::Refresh { .. } => 0,
+        };
+        std::mem::size_of::<Control>() + carried
+    }
+}
 
 /// What the consumer gets from [`Outbound::poll_drain`].
 #[derive(Debug, PartialEq, Eq)]
@@ -78,11 +123,8 @@ impl Outbound {
             if state.closed.is_some() {
                 return PushOutcome::Closed;
             }
-            if state.bytes + item.len() > self.max_bytes && !state.items.is_empty() {
-                state.items = VecDeque::new();
-                state.bytes = 0;
-                state.closed = Some(DisconnectCode::SLOW);
-                self.closed.store(true, Ordering::Relaxed);
+            if state.bytes + item.len() > self.max_bytes && state.bytes > 0 {
+                self.overflow(&mut state);
                 outcome = PushOutcome::Overflow;
             } else {
                 state.bytes += item.len();
@@ -95,6 +137,44 @@ impl Outbound {
             w.wake();
         }
         outcome
+    }
+
+    /// Empties the queue and closes it with 3008 "slow"; the caller holds the lock.
+    fn overflow(&self, state: &mut State) {
+        state.items = VecDeque::new();
+        state.controls = Vec::new();
+        state.bytes = 0;
+        state.closed = Some(DisconnectCode::SLOW);
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` held for this consumer outside the queue (a new subscription's
+    /// publications waiting for its subscribe reply) against the queue's limit. Returns the
+    /// outcome a push of that size would have had: on `Overflow` the queue is closed with 3008,
+    /// as for a push. Give the bytes back with [`Outbound::release`] before queueing them.
+    pub(crate) fn reserve(&self, bytes: usize) -> PushOutcome {
+        let waker = {
+            let mut state = self.state.lock();
+            if state.closed.is_some() {
+                return PushOutcome::Closed;
+            }
+            if state.bytes + bytes <= self.max_bytes || state.bytes == 0 {
+                state.bytes += bytes;
+                return PushOutcome::Queued;
+            }
+            self.overflow(&mut state);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        PushOutcome::Overflow
+    }
+
+    /// Gives back bytes counted by [`Outbound::reserve`].
+    pub(crate) fn release(&self, bytes: usize) {
+        let mut state = self.state.lock();
+        state.bytes = state.bytes.saturating_sub(bytes);
     }
 
     /// Closes the queue with `code`: queued items are still delivered, then the consumer
@@ -115,25 +195,39 @@ impl Outbound {
     }
 
     /// Queues a control request for the session (server-side subscribe, unsubscribe, refresh)
-    /// and wakes the consumer. Returns false when the queue is closed.
+    /// and wakes the consumer. Controls count toward the queue's byte limit like messages (a
+    /// session that does not take them is closed with 3008). Returns false when the queue is
+    /// closed (also when this control closed it).
     pub(crate) fn push_control(&self, control: Control) -> bool {
-        let waker = {
+        let size = control.size();
+        let (waker, queued) = {
             let mut state = self.state.lock();
             if state.closed.is_some() {
                 return false;
             }
-            state.controls.push(control);
-            state.waker.take()
+            let queued = if state.bytes + size > self.max_bytes && state.bytes > 0 {
+                self.overflow(&mut state);
+                false
+            } else {
+                state.bytes += size;
+                state.controls.push(control);
+                true
+            };
+            (state.waker.take(), queued)
         };
         if let Some(w) = waker {
             w.wake();
         }
-        true
+        queued
     }
 
     /// Takes the queued control requests.
     pub fn take_controls(&self) -> Vec<Control> {
-        std::mem::take(&mut self.state.lock().controls)
+        let mut state = self.state.lock();
+        let controls = std::mem::take(&mut state.controls);
+        let size: usize = controls.iter().map(Control::size).sum();
+        state.bytes = state.bytes.saturating_sub(size);
+        controls
     }
 
     /// Whether the queue was closed.
@@ -143,14 +237,19 @@ impl Outbound {
 
     /// Moves queued items into `into` (up to `max_items`), or registers the consumer's waker
     /// and returns `Pending` when there is nothing to do.
+    ///
+    /// With `controls`, pending controls come first ([`Drained::Controls`]); without, they stay
+    /// queued and only items are drained: a consumer whose session is busy passes `false` and
+    /// takes the controls once it is idle again.
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
         into: &mut Vec<Bytes>,
         max_items: usize,
+        controls: bool,
     ) -> Poll<Drained> {
         let mut state = self.state.lock();
-        if !state.controls.is_empty() && state.closed.is_none() {
+        if controls && !state.controls.is_empty() && state.closed.is_none() {
             return Poll::Ready(Drained::Controls);
         }
         if !state.items.is_empty() {
@@ -204,7 +303,7 @@ mod tests {
     fn drain(q: &Outbound) -> Poll<(Drained, Vec<Bytes>)> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut v = Vec::new();
-        q.poll_drain(&mut cx, &mut v, 100).map(|d| (d, v))
+        q.poll_drain(&mut cx, &mut v, 100, true).map(|d| (d, v))
     }
 
     #[test]

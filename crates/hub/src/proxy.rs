@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use switchboard_proto::DisconnectCode;
 
 /// Which decision a proxy call asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,8 +167,8 @@ pub(crate) enum ProxyAnswer<T> {
         message: String,
         temporary: bool,
     },
-    /// The connection must be closed with this code.
-    Disconnect { code: u16, reason: String },
+    /// The connection must be closed with this code (validated).
+    Disconnect(DisconnectCode),
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,10 +201,13 @@ pub(crate) fn parse_answer<T: for<'de> Deserialize<'de> + Default>(
     let raw: RawAnswer<T> = serde_json::from_value(value)
         .map_err(|e| ProxyError::Failed(format!("bad answer: {e}")))?;
     if let Some(d) = raw.disconnect {
-        return Ok(ProxyAnswer::Disconnect {
-            code: d.code,
-            reason: d.reason,
-        });
+        let Some(code) = DisconnectCode::application(d.code, &d.reason) else {
+            return Err(ProxyError::Failed(format!(
+                "bad answer: disconnect code {} is not one of ours nor in 4000..=4999 (with a reason of at most 123 bytes)",
+                d.code
+            )));
+        };
+        return Ok(ProxyAnswer::Disconnect(code));
     }
     if let Some(e) = raw.error {
         return Ok(ProxyAnswer::Error {
@@ -281,8 +285,16 @@ mod tests {
         assert!(matches!(a, ProxyAnswer::Error { code: 1000, .. }));
         let a: ProxyAnswer<RpcResult> =
             parse_answer(json!({"disconnect": {"code": 4500, "reason": "bye"}})).unwrap();
-        assert!(matches!(a, ProxyAnswer::Disconnect { code: 4500, .. }));
+        assert!(matches!(a, ProxyAnswer::Disconnect(d) if d.code == 4500));
         assert!(parse_answer::<RpcResult>(json!([1])).is_err());
+        // Codes a close frame must not carry, or outside the application range, are refused.
+        for code in [1000, 1005, 1006, 1015, 2999, 5000] {
+            let answer = json!({"disconnect": {"code": code, "reason": "x"}});
+            assert!(parse_answer::<RpcResult>(answer).is_err(), "{code}");
+        }
+        let long = "r".repeat(124);
+        let answer = json!({"disconnect": {"code": 4001, "reason": long}});
+        assert!(parse_answer::<RpcResult>(answer).is_err());
     }
 
     #[test]

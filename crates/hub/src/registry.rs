@@ -13,12 +13,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use switchboard_proto::{
-    encode_join_push, encode_leave_push, encode_publication_push, ClientInfo, DisconnectCode,
+    encode_join_push, encode_leave_push, encode_publication_push, ClientInfo,
     Publication,
 };
 
 use crate::broker::BrokerEvents;
-use crate::client::Control;
+use crate::outbound::Control;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, PushOutcome};
 
@@ -38,42 +38,70 @@ pub(crate) struct Subscriber {
 }
 
 /// Holds a new subscriber's messages until its subscribe reply is queued, so that the reply
-/// comes first and recovered publications are not delivered twice.
-#[derive(Debug, Default)]
+/// comes first and recovered publications are not delivered twice. What it holds counts toward
+/// the subscriber's queue limit ([`Outbound::reserve`]): a subscribe that waits long on a busy
+/// channel closes the connection with 3008 like a full queue, instead of growing memory.
+#[derive(Debug)]
 pub(crate) struct Gate {
-    held: parking_lot::Mutex<Option<Vec<(u64, Bytes)>>>,
+    out: Arc<Outbound>,
+    /// The held messages (with their offsets) and their bytes; `None` once open.
+    held: parking_lot::Mutex<Option<Held>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    messages: Vec<(u64, Bytes)>,
+    bytes: usize,
 }
 
 impl Gate {
-    pub(crate) fn closed() -> Arc<Self> {
+    /// A closed gate in front of `out`.
+    pub(crate) fn closed(out: Arc<Outbound>) -> Arc<Self> {
         Arc::new(Self {
-            held: parking_lot::Mutex::new(Some(Vec::new())),
+            out,
+            held: parking_lot::Mutex::new(Some(Held::default())),
         })
     }
 
     /// Holds `message` while closed; otherwise queues it.
-    fn offer(&self, out: &Outbound, offset: u64, message: &Bytes) -> PushOutcome {
+    fn offer(&self, offset: u64, message: &Bytes) -> PushOutcome {
         let mut held = self.held.lock();
-        match held.as_mut() {
-            Some(buffer) => {
-                buffer.push((offset, message.clone()));
-                PushOutcome::Queued
-            }
-            None => out.push(message.clone()),
+        let Some(buffer) = held.as_mut() else {
+            return self.out.push(message.clone());
+        };
+        let outcome = self.out.reserve(message.len());
+        if outcome == PushOutcome::Queued {
+            buffer.bytes += message.len();
+            buffer.messages.push((offset, message.clone()));
+        } else {
+            // The queue is closed (now or before): nothing held will ever be sent.
+            *buffer = Held::default();
         }
+        outcome
     }
 
     /// Queues `reply`, then the held messages except publications at or below `delivered`
     /// (already in the reply), and opens the gate.
-    pub(crate) fn open(&self, out: &Outbound, reply: Bytes, delivered: u64) -> PushOutcome {
+    pub(crate) fn open(&self, reply: Bytes, delivered: u64) -> PushOutcome {
         let mut held = self.held.lock();
-        let mut outcome = out.push(reply);
-        for (offset, message) in held.take().unwrap_or_default() {
+        let Held { messages, bytes } = held.take().unwrap_or_default();
+        self.out.release(bytes);
+        let mut outcome = self.out.push(reply);
+        for (offset, message) in messages {
             if offset == 0 || offset > delivered {
-                outcome = out.push(message);
+                outcome = self.out.push(message);
             }
         }
         outcome
+    }
+}
+
+impl Drop for Gate {
+    /// A gate dropped closed (the subscribe was refused) gives its bytes back.
+    fn drop(&mut self) {
+        if let Some(held) = self.held.get_mut().take() {
+            self.out.release(held.bytes);
+        }
     }
 }
 
@@ -207,20 +235,16 @@ impl Registry {
         filter: impl Fn(&Subscriber) -> bool,
     ) -> usize {
         let mut delivered = 0;
-        let mut slow = 0;
         for sub in ch.subs.values().filter(|s| filter(s)) {
             let outcome = match &sub.gate {
-                Some(gate) => gate.offer(&sub.out, offset, message),
+                Some(gate) => gate.offer(offset, message),
                 None => sub.out.push(message.clone()),
             };
-            match outcome {
-                PushOutcome::Queued => delivered += 1,
-                PushOutcome::Overflow => slow += 1,
-                PushOutcome::Closed => {}
+            // An overflow closes the queue with 3008; the connection's transport counts the
+            // disconnect when it closes (once, whichever push overflowed).
+            if let PushOutcome::Queued = outcome {
+                delivered += 1;
             }
-        }
-        for _ in 0..slow {
-            self.metrics.disconnect(DisconnectCode::SLOW);
         }
         self.metrics
             .messages_out(delivered as u64, (delivered * message.len()) as u64);

@@ -184,6 +184,17 @@ impl DisconnectCode {
         }
     }
 
+    /// A disconnect chosen by an application (server API, backend proxy): one of ours by its
+    /// code, or an application code in 4000..=4999 with a reason of at most 123 bytes. `None`
+    /// for anything else, so that codes a close frame must not carry (1005, 1006, 1015, ...) or
+    /// that would mislead clients about reconnecting never reach the wire.
+    pub fn application(code: u16, reason: &str) -> Option<Self> {
+        if let Some(known) = Self::ALL.iter().find(|d| d.code == code) {
+            return Some(*known);
+        }
+        ((4000..=4999).contains(&code) && reason.len() <= 123).then(|| Self::custom(code, reason))
+    }
+
     /// Whether a client receiving this code should reconnect.
     pub const fn reconnect(&self) -> bool {
         matches!(self.code, 3000..=3499 | 4000..=4499)

@@ -14,7 +14,9 @@
 //! socket cannot take more bytes, the queue is not drained, so a client that does not read makes
 //! its queue grow until the hub disconnects it with 3008 "slow".
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -64,12 +66,13 @@ pub async fn handler(State(state): State<AppState>, mut req: Request) -> Respons
                 .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
         )
         .map(Box::new);
+    let hub = state.hub.clone();
     state.tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);
                 let socket = WsSocket::with_deflate(io, Role::Server, ws_config, upgrade.deflate);
-                run(Box::new(socket), client).await;
+                run(Box::new(socket), hub, client).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -96,33 +99,81 @@ enum Event {
     ReadFailed(switchboard_ws::WsError),
     WriteFailed(switchboard_ws::WsError),
     Timer,
+    /// The session finished a piece of work and is idle again.
+    Done(Box<Client>, Result<(), DisconnectCode>),
+}
+
+/// What the session does between two idle moments.
+enum Work {
+    /// One text frame of commands.
+    Frame(Bytes),
+    /// Timers due (pings, pong deadline, expiry, presence refresh).
+    Timer(Instant),
+    /// Server API requests queued for this connection.
+    Controls,
+}
+
+/// Work in progress: it owns the session until it is done, so the connection task can go on
+/// writing (publications, replies) while a command waits on a broker or a proxy.
+type Busy = Pin<Box<dyn Future<Output = (Box<Client>, Result<(), DisconnectCode>)> + Send>>;
+
+/// The session, or the work that holds it.
+enum Session {
+    Idle(Box<Client>),
+    Busy(Busy),
+}
+
+impl Session {
+    /// Hands the idle session to `work`.
+    fn start(self, work: Work) -> Self {
+        match self {
+            Session::Idle(client) => Session::Busy(Box::pin(perform(client, work))),
+            // The loop starts work only on an idle session (it neither reads nor takes
+            // controls or timers while busy), so this arm is never taken.
+            Session::Busy(_) => unreachable!("work started on a busy session"),
+        }
+    }
+}
+
+async fn perform(mut client: Box<Client>, work: Work) -> (Box<Client>, Result<(), DisconnectCode>) {
+    let result = match work {
+        Work::Frame(text) => client.handle_frame(&text, Instant::now()).await,
+        Work::Timer(now) => client.on_timer(now).await,
+        Work::Controls => client.apply_controls().await,
+    };
+    (client, result)
 }
 
 /// Drives one connection until it ends.
-async fn run<IO>(mut socket: Box<WsSocket<IO>>, client: Result<Box<Client>, DisconnectCode>)
-where
+async fn run<IO>(
+    mut socket: Box<WsSocket<IO>>,
+    hub: Hub,
+    client: Result<Box<Client>, DisconnectCode>,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut client = match client {
+    let client = match client {
         Ok(c) => c,
         Err(code) => {
             let _ = Box::pin(socket.close(code.code, code.reason)).await;
             return;
         }
     };
-    match drive(&mut socket, &mut client).await {
+    let (ending, session) = drive(&mut socket, client).await;
+    // Dropping the session (or the work holding it) unsubscribes and unregisters the client
+    // before the close handshake, which may take up to the close timeout.
+    drop(session);
+    match ending {
         Ending::Disconnect(code) => {
-            client.record_disconnect(code);
-            tracing::debug!(client = client.id(), %code, "closing connection");
-            drop(client);
+            hub.metrics().disconnect(code);
+            tracing::debug!(%code, "closing connection");
             let _ = Box::pin(socket.close(code.code, code.reason)).await;
         }
+        // A close frame (our protocol-error close or the echo of the peer's) is queued.
         Ending::Closing => {
-            // A close frame (our protocol-error close or the echo of the peer's) is queued.
-            drop(client);
             let _ = Box::pin(socket.close(1000, "")).await;
         }
-        Ending::Gone => drop(client),
+        Ending::Gone => {}
     }
 }
 
@@ -142,21 +193,45 @@ impl From<DisconnectCode> for Ending {
     }
 }
 
-/// Runs the connection until it has to end; says how.
-async fn drive<IO>(socket: &mut WsSocket<IO>, client: &mut Client) -> Ending
+/// Runs the connection until it has to end; says how, and hands back the session.
+///
+/// Commands of one connection run one at a time, in the order they arrived, and so do the
+/// session's timers and server API controls; but while one of them waits (on a broker or a
+/// proxy), the queue keeps being written: publications, replies and pushes flow. Nothing more is
+/// read meanwhile (TCP pushes back on the client), and timers that fall due run as soon as the
+/// session is idle again, after the frames already read.
+async fn drive<IO>(socket: &mut WsSocket<IO>, client: Box<Client>) -> (Ending, Session)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let out = client.outbound().clone();
     let write_delay = client.write_delay();
+    // The session's next deadline as of when the timer was armed: a timer that fires before it
+    // only ends a write hold.
+    let mut deadline = client.next_deadline();
+    let timer = tokio::time::sleep_until(deadline.into());
+    let mut session = Session::Idle(client);
     let mut batch: Vec<Bytes> = Vec::new();
     let mut incoming: Vec<Message> = Vec::new();
-    let timer = tokio::time::sleep_until(client.next_deadline().into());
+    // Messages read but not handled yet, oldest first.
+    let mut pending: VecDeque<Message> = VecDeque::new();
     tokio::pin!(timer);
     // With a write delay: when the last write was, and until when queued messages wait.
     let mut last_write: Option<Instant> = None;
     let mut hold_until: Option<Instant> = None;
     loop {
+        // An idle session takes the next message read.
+        if let Session::Idle(_) = session {
+            match pending.pop_front() {
+                Some(Message::Text(text)) => {
+                    session = session.start(Work::Frame(text));
+                }
+                Some(Message::Binary(_)) => return (DisconnectCode::BAD_REQUEST.into(), session),
+                Some(Message::Close(_)) => return (Ending::Closing, session),
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                None => {}
+            }
+        }
         let event = poll_fn(|cx| {
             if hold_until.is_none() && !write_delay.is_zero() && !socket.has_pending_writes() {
                 if let Some(next) = last_write.map(|t| t + write_delay) {
@@ -170,20 +245,28 @@ where
                     return Poll::Ready(Event::WriteFailed(e));
                 }
             }
+            let idle = matches!(session, Session::Idle(_));
             // Drain the queue only while the socket keeps up; otherwise let the queue fill up
-            // to its limit (and the slow-consumer disconnect).
+            // to its limit (and the slow-consumer disconnect). Controls wait for an idle session.
             if !socket.has_pending_writes() && hold_until.is_none() {
-                match out.poll_drain(cx, &mut batch, MAX_BATCH_ITEMS) {
+                match out.poll_drain(cx, &mut batch, MAX_BATCH_ITEMS, idle) {
                     Poll::Ready(Drained::Items) => return Poll::Ready(Event::Outbound),
                     Poll::Ready(Drained::Controls) => return Poll::Ready(Event::Controls),
                     Poll::Ready(Drained::Closed(code)) => return Poll::Ready(Event::Closed(code)),
                     Poll::Pending => {}
                 }
             }
-            match socket.poll_read_messages(cx, &mut incoming) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Event::Read),
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::ReadFailed(e)),
-                Poll::Pending => {}
+            match &mut session {
+                Session::Busy(work) => {
+                    if let Poll::Ready((client, result)) = work.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Done(client, result));
+                    }
+                }
+                Session::Idle(_) => match socket.poll_read_messages(cx, &mut incoming) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Event::Read),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::ReadFailed(e)),
+                    Poll::Pending => {}
+                },
             }
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Timer);
@@ -194,7 +277,7 @@ where
         match event {
             Event::Hold(until) => {
                 hold_until = Some(until);
-                timer.as_mut().reset(next_wakeup(client, hold_until).into());
+                timer.as_mut().reset(deadline.min(until).into());
             }
             Event::Outbound => {
                 socket.queue_text_batch(&batch, Some(b'\n'));
@@ -204,68 +287,55 @@ where
                 }
                 if let Poll::Ready(Err(e)) = poll_fn(|cx| Poll::Ready(socket.poll_flush(cx))).await
                 {
-                    tracing::debug!(client = client.id(), error = %e, "write failed");
-                    return Ending::Gone;
+                    tracing::debug!(error = %e, "write failed");
+                    return (Ending::Gone, session);
                 }
             }
-            Event::Closed(code) => return code.into(),
-            Event::Controls => {
-                if let Err(code) = Box::pin(client.apply_controls()).await {
-                    return code.into();
+            Event::Closed(code) => return (code.into(), session),
+            Event::Controls => session = session.start(Work::Controls),
+            Event::Done(client, result) => {
+                session = Session::Idle(client);
+                if let Err(code) = result {
+                    Box::pin(flush_queued(socket, &out)).await;
+                    return (code.into(), session);
                 }
-                timer.as_mut().reset(next_wakeup(client, hold_until).into());
+                if let Session::Idle(client) = &session {
+                    deadline = client.next_deadline();
+                }
+                timer.as_mut().reset(wakeup(deadline, hold_until).into());
             }
             Event::WriteFailed(e) => {
-                tracing::debug!(client = client.id(), error = %e, "write failed");
-                return Ending::Gone;
+                tracing::debug!(error = %e, "write failed");
+                return (Ending::Gone, session);
             }
             Event::ReadFailed(switchboard_ws::WsError::Protocol(e)) => {
-                tracing::debug!(client = client.id(), error = %e, "protocol error");
-                return Ending::Closing;
+                tracing::debug!(error = %e, "protocol error");
+                return (Ending::Closing, session);
             }
             Event::ReadFailed(e) => {
-                tracing::debug!(client = client.id(), error = %e, "read failed");
-                return Ending::Gone;
+                tracing::debug!(error = %e, "read failed");
+                return (Ending::Gone, session);
             }
             Event::Timer => {
                 let now = Instant::now();
                 if hold_until.is_some_and(|t| now >= t) {
                     hold_until = None;
                 }
-                // Cheap when nothing is due; the session decides what is.
-                if let Err(code) = Box::pin(client.on_timer(now)).await {
-                    return code.into();
+                if now >= deadline && matches!(session, Session::Idle(_)) {
+                    session = session.start(Work::Timer(now));
+                    // Re-armed when the work is done.
+                    deadline = now + Duration::from_secs(86_400);
                 }
-                timer.as_mut().reset(next_wakeup(client, hold_until).into());
+                timer.as_mut().reset(wakeup(deadline, hold_until).into());
             }
-            Event::Read => {
-                let messages = std::mem::take(&mut incoming);
-                for message in messages {
-                    match message {
-                        Message::Text(text) => {
-                            if let Err(code) =
-                                Box::pin(client.handle_frame(&text, std::time::Instant::now()))
-                                    .await
-                            {
-                                Box::pin(flush_queued(socket, &out)).await;
-                                return code.into();
-                            }
-                        }
-                        Message::Binary(_) => return DisconnectCode::BAD_REQUEST.into(),
-                        Message::Close(_) => return Ending::Closing,
-                        Message::Ping(_) | Message::Pong(_) => {}
-                    }
-                }
-                timer.as_mut().reset(next_wakeup(client, hold_until).into());
-            }
+            Event::Read => pending.extend(incoming.drain(..)),
         }
     }
 }
 
-/// The session's next deadline, or the end of the write hold if sooner.
-fn next_wakeup(client: &Client, hold_until: Option<Instant>) -> Instant {
-    let next = client.next_deadline();
-    hold_until.map_or(next, |t| t.min(next))
+/// The session's deadline, or the end of the write hold if sooner.
+fn wakeup(deadline: Instant, hold_until: Option<Instant>) -> Instant {
+    hold_until.map_or(deadline, |t| t.min(deadline))
 }
 
 /// Writes what is still queued (for example an error reply before a disconnect).
@@ -275,7 +345,7 @@ where
 {
     let mut batch = Vec::new();
     loop {
-        match poll_fn(|cx| Poll::Ready(out.poll_drain(cx, &mut batch, usize::MAX))).await {
+        match poll_fn(|cx| Poll::Ready(out.poll_drain(cx, &mut batch, usize::MAX, true))).await {
             // Controls are moot for a connection that is closing.
             Poll::Ready(Drained::Controls) => drop(out.take_controls()),
             Poll::Ready(Drained::Items) => {
@@ -313,7 +383,11 @@ mod tests {
         );
         let (io, _peer) = tokio::io::duplex(64);
         let socket = WsSocket::new(io, Role::Server, WsConfig::default());
-        let task = run(Box::new(socket), hub.accept(TRANSPORT).map(Box::new));
+        let task = run(
+            Box::new(socket),
+            hub.clone(),
+            hub.accept(TRANSPORT).map(Box::new),
+        );
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
         assert!(size <= 640, "the connection task takes {size} bytes");
