@@ -15,15 +15,15 @@ use crate::broker::{
     Broker, BrokerError, HistoryFilter, HistoryResult, PresenceStats, PresenceStore, PublishOptions,
 };
 use crate::channel::Namespaces;
-use crate::client::Client;
-use crate::outbound::Control;
 use crate::cluster::{ControlMessage, HubEvents, NodeList, NODE_INFO_INTERVAL};
 use crate::config::{HubConfig, NamespaceOptions};
 use crate::interest::BrokerInterest;
 use crate::metrics::Metrics;
+use crate::outbound::Control;
 use crate::outbound::Outbound;
 use crate::proxy::Proxy;
 use crate::registry::Registry;
+use crate::session::Client;
 
 /// Identity of this node, reported in connect replies and `info`.
 #[derive(Debug, Clone)]
@@ -124,7 +124,12 @@ impl ClientIndex {
     ) -> Box<dyn Iterator<Item = &'a ClientEntry> + 'a> {
         let matches = move |e: &&ClientEntry| client.is_none_or(|c| &*e.id == c);
         if user.is_empty() {
-            return Box::new(self.by_key.values().filter(|e| e.user.is_empty()).filter(matches));
+            return Box::new(
+                self.by_key
+                    .values()
+                    .filter(|e| e.user.is_empty())
+                    .filter(matches),
+            );
         }
         Box::new(
             self.by_user

@@ -31,7 +31,6 @@
 pub mod auth;
 mod broker;
 mod channel;
-mod client;
 pub mod cluster;
 pub mod config;
 pub mod conformance;
@@ -42,19 +41,20 @@ mod metrics;
 mod outbound;
 pub mod proxy;
 mod registry;
+mod session;
 
 pub use broker::{
     Broker, BrokerError, BrokerEvents, HistoryFilter, HistoryResult, PresenceStats, PresenceStore,
     PublishOptions,
 };
 pub use channel::NAMESPACE_SEPARATOR;
-pub use client::{
-    Client, PRIVATE_CHANNEL_PREFIX, UNSUBSCRIBE_EXPIRED, UNSUBSCRIBE_INSUFFICIENT_STATE,
-    UNSUBSCRIBE_SERVER, USER_BOUNDARY,
-};
 pub use config::{ChannelConfig, ClientConfig, HubConfig, NamespaceOptions, PersonalChannelConfig};
 pub use hub::{Hub, NodeInfo, NodeStats, PublishParams, TransportInfo};
 pub use memory::{MemoryBroker, DEFAULT_META_TTL};
 pub use metrics::Metrics;
 pub use outbound::{Control, Drained, Outbound, PushOutcome};
 pub use proxy::{Proxy, ProxyConfig, ProxyError, ProxyKind};
+pub use session::{
+    Client, PRIVATE_CHANNEL_PREFIX, UNSUBSCRIBE_EXPIRED, UNSUBSCRIBE_INSUFFICIENT_STATE,
+    UNSUBSCRIBE_SERVER, USER_BOUNDARY,
+};

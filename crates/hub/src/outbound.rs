@@ -275,6 +275,22 @@ impl Outbound {
         Poll::Pending
     }
 
+    /// `Ready(code)` once the queue was closed for overflow (3008 "slow"); otherwise registers the
+    /// consumer's waker. For a consumer that does not drain because its transport cannot write
+    /// (the peer stopped reading): the overflow already dropped what was queued, so it should
+    /// disconnect at once instead of waiting for a write that may never complete.
+    pub fn poll_overflowed(&self, cx: &mut Context<'_>) -> Poll<DisconnectCode> {
+        let mut state = self.state.lock();
+        if let Some(code) = state.closed.filter(|c| *c == DisconnectCode::SLOW) {
+            return Poll::Ready(code);
+        }
+        match &mut state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// `Ready` when something is waiting (items, controls, or the queue was closed), without
     /// taking it; otherwise registers the consumer's waker.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {

@@ -13,13 +13,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use switchboard_proto::{
-    encode_join_push, encode_leave_push, encode_publication_push, ClientInfo,
-    Publication,
+    encode_join_push, encode_leave_push, encode_publication_push, ClientInfo, Publication,
 };
 
 use crate::broker::BrokerEvents;
-use crate::outbound::Control;
 use crate::metrics::Metrics;
+use crate::outbound::Control;
 use crate::outbound::{Outbound, PushOutcome};
 
 const SHARDS: usize = 64;

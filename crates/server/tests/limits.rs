@@ -185,6 +185,17 @@ async fn slow_consumer_is_disconnected_with_3008() {
         1,
         "no slow disconnect after {published} publications of 1 KiB"
     );
+    // The slow connection is gone from the node (it was closed, not left hanging with a full
+    // socket): the healthy subscriber and the publisher remain.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hub.metrics().connections() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow connection is still open ({} connections)",
+            hub.metrics().connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     publisher.publish("firehose", json!({"end": true})).await;
 
     let (mut healthy, got) = tokio::time::timeout(Duration::from_secs(30), reader)

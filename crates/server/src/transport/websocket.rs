@@ -15,12 +15,15 @@
 //! its queue grow until the hub disconnects it with 3008 "slow".
 
 use std::collections::VecDeque;
+use std::fmt::Display;
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -40,19 +43,31 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const TRANSPORT: TransportInfo = TransportInfo::new("websocket", true);
 
 /// The upgrade handler.
+///
+/// Refusals (an `Origin` that is not allowed, a malformed upgrade request, a full node or one
+/// that is shutting down) are logged at info level with their reason, at most one line per
+/// second (see [`log_refusal`]).
 pub async fn handler(State(state): State<AppState>, mut req: Request) -> Response {
     if !crate::origin::allowed(req.headers(), &state.hub.config().client.allowed_origins) {
+        let origin = req
+            .headers()
+            .get(axum::http::header::ORIGIN)
+            .map(|v| format!("{:?}", v))
+            .unwrap_or_default();
+        let origin: String = origin.chars().take(200).collect();
+        log_refusal(&req, format_args!("origin not allowed: {origin}"));
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
-    let ws_config = ws_config(&state.hub);
+    let ws_config = ws_config(&state);
     let upgrade = match validate_upgrade(req.headers(), req.method(), &ws_config) {
         Ok(u) => u,
         Err(e) => {
+            log_refusal(&req, format_args!("bad handshake: {e}"));
             return (
                 StatusCode::BAD_REQUEST,
                 format!("websocket upgrade failed: {e}\n"),
             )
-                .into_response()
+                .into_response();
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -66,6 +81,10 @@ pub async fn handler(State(state): State<AppState>, mut req: Request) -> Respons
                 .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
         )
         .map(Box::new);
+    if let Err(code) = &client {
+        // Upgraded all the same: the client learns why from the close code.
+        log_refusal(&req, format_args!("{code}"));
+    }
     let hub = state.hub.clone();
     state.tasks.spawn(async move {
         match on_upgrade.await {
@@ -82,11 +101,68 @@ pub async fn handler(State(state): State<AppState>, mut req: Request) -> Respons
     response
 }
 
-/// The WebSocket limits derived from the hub's client options.
-pub fn ws_config(hub: &Hub) -> WsConfig {
+/// The WebSocket limits: message size from the hub's client options, control frame rate from
+/// `[websocket]`.
+pub fn ws_config(state: &AppState) -> WsConfig {
+    let control = state.config.websocket.max_control_frames_per_second;
     WsConfig::default()
-        .max_message_size(hub.config().client.max_message_size)
+        .max_message_size(state.hub.config().client.max_message_size)
+        .max_control_frames_per_second((control > 0).then_some(control))
         .close_timeout(CLOSE_TIMEOUT)
+}
+
+/// At most one refusal line per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rate limit of the refusal log lines, shared by the whole process.
+static REFUSALS: Mutex<RefusalLog> = Mutex::new(RefusalLog::new());
+
+/// Logs a refused upgrade at info level, unless a line was logged less than
+/// [`REFUSAL_LOG_INTERVAL`] ago; each line says how many refusals were left out since the
+/// previous one (`suppressed`). A flood of refused upgrades thus costs one line per second.
+fn log_refusal(req: &Request, reason: impl Display) {
+    let admitted = REFUSALS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .admit(Instant::now());
+    let Some(suppressed) = admitted else {
+        return;
+    };
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.to_string())
+        .unwrap_or_default();
+    tracing::info!(%peer, %reason, suppressed, "websocket upgrade refused");
+}
+
+/// When the last refusal line was logged, and how many refusals were not logged since.
+#[derive(Debug)]
+struct RefusalLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    const fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a refusal at `now` gets a log line; if so, how many were left out before it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < REFUSAL_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 enum Event {
@@ -245,6 +321,12 @@ where
                     return Poll::Ready(Event::WriteFailed(e));
                 }
             }
+            // A peer that stopped reading: the queue overflowed while nothing could be written.
+            if socket.has_pending_writes() {
+                if let Poll::Ready(code) = out.poll_overflowed(cx) {
+                    return Poll::Ready(Event::Closed(code));
+                }
+            }
             let idle = matches!(session, Session::Idle(_));
             // Drain the queue only while the socket keeps up; otherwise let the queue fill up
             // to its limit (and the slow-consumer disconnect). Controls wait for an idle session.
@@ -372,6 +454,19 @@ mod tests {
     use switchboard_hub::{HubConfig, MemoryBroker};
 
     use super::*;
+
+    #[test]
+    fn refusal_lines_are_rate_limited_and_count_what_they_left_out() {
+        let mut log = RefusalLog::new();
+        let t0 = Instant::now();
+        assert_eq!(log.admit(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(log.admit(t0 + Duration::from_millis(100 * i)), None);
+        }
+        assert_eq!(log.admit(t0 + Duration::from_millis(1000)), Some(5));
+        assert_eq!(log.admit(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(log.admit(t0 + Duration::from_secs(60)), Some(1));
+    }
 
     /// The parked connection task is most of an idle connection's memory: keep it small.
     #[tokio::test]
