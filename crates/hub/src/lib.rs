@@ -25,8 +25,12 @@
 //! # });
 //! ```
 //!
-//! What it deliberately does not do (yet): authentication, history, recovery and presence
-//! storage; these arrive behind the same seams.
+//! The hub owns the protocol's semantics: authentication (JWT connection and subscription tokens,
+//! or the backend proxies through the [`Proxy`] seam), namespaces and permissions, subscriptions
+//! with history, recovery and positioning, presence and join/leave, server-side actions for the
+//! server API, limits and metrics. What it deliberately does not do: sockets, HTTP and wire
+//! transports (the server crate), and any particular remote broker (the broker crates implement
+//! [`Broker`] and [`PresenceStore`]).
 
 pub mod auth;
 mod broker;

@@ -125,7 +125,7 @@ impl Client {
             let mut body = self.proxy_body();
             body.insert("name".into(), req.name.clone().into());
             body.insert("version".into(), req.version.clone().into());
-            body.insert("data".into(), raw_of(req.data.as_deref()));
+            body.insert("data".into(), raw_of(req.data.as_deref())?);
             let endpoint = hub.config().proxy.connect_endpoint.clone();
             let result: crate::proxy::ConnectResult =
                 self.call_proxy(ProxyKind::Connect, &endpoint, body).await?;

@@ -13,8 +13,9 @@ impl Client {
         if self.connected {
             body.insert("user".into(), self.user.to_string().into());
         }
-        if let Some(meta) = &self.meta {
-            body.insert("meta".into(), raw_to_value(meta));
+        // `meta` comes from the backend itself (token or connect proxy), parsed once already.
+        if let Some(meta) = self.meta.as_deref().and_then(|m| raw_to_value(m).ok()) {
+            body.insert("meta".into(), meta);
         }
         body
     }

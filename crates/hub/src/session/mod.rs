@@ -174,12 +174,16 @@ impl From<DisconnectCode> for Refusal {
     }
 }
 
-fn raw_to_value(raw: &RawValue) -> serde_json::Value {
-    serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null)
+/// Client data for a proxy request body. The proxies take a `serde_json::Value`, whose parser
+/// stops at 128 levels of nesting while raw data has no such limit: data deeper than that cannot be
+/// forwarded, and the command is refused with 107 "bad request" instead of sending `null`.
+fn raw_to_value(raw: &RawValue) -> Result<serde_json::Value, Refusal> {
+    serde_json::from_str(raw.get()).map_err(|_| ErrorCode::BAD_REQUEST.into())
 }
 
-fn raw_of(value: Option<&RawValue>) -> serde_json::Value {
-    value.map_or(serde_json::Value::Null, raw_to_value)
+/// [`raw_to_value`] for optional data (`null` when absent).
+fn raw_of(value: Option<&RawValue>) -> Result<serde_json::Value, Refusal> {
+    value.map_or(Ok(serde_json::Value::Null), raw_to_value)
 }
 
 fn unix_now() -> u64 {

@@ -17,7 +17,7 @@ impl Client {
         if options.proxy_publish {
             let mut body = self.proxy_body();
             body.insert("channel".into(), req.channel.clone().into());
-            body.insert("data".into(), raw_to_value(&data));
+            body.insert("data".into(), raw_to_value(&data)?);
             let endpoint = self.endpoint(ProxyKind::Publish, &options.publish_proxy_endpoint);
             let answer: crate::proxy::PublishResult =
                 self.call_proxy(ProxyKind::Publish, &endpoint, body).await?;
@@ -51,7 +51,7 @@ impl Client {
         }
         let mut body = self.proxy_body();
         body.insert("method".into(), req.method.clone().into());
-        body.insert("data".into(), raw_of(req.data.as_deref()));
+        body.insert("data".into(), raw_of(req.data.as_deref())?);
         let answer: crate::proxy::RpcResult =
             self.call_proxy(ProxyKind::Rpc, &endpoint, body).await?;
         let result = switchboard_proto::RpcResult { data: answer.data };

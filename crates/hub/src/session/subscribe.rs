@@ -56,7 +56,7 @@ impl Client {
         } else if options.proxy_subscribe {
             let mut body = self.proxy_body();
             body.insert("channel".into(), req.channel.clone().into());
-            body.insert("data".into(), raw_of(req.data.as_deref()));
+            body.insert("data".into(), raw_of(req.data.as_deref())?);
             let endpoint = self.endpoint(ProxyKind::Subscribe, &options.subscribe_proxy_endpoint);
             let answer: crate::proxy::SubscribeResult = self
                 .call_proxy(ProxyKind::Subscribe, &endpoint, body)
