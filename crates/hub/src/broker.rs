@@ -7,7 +7,7 @@
 //! back through [`BrokerEvents`] for everything that must reach local subscribers. The in-memory
 //! implementations ([`crate::MemoryBroker`]) serve one node; Redis and NATS brokers live in their
 //! own crates and implement the same traits, checked by the same conformance suite
-//! ([`crate::conformance`]).
+//! (`switchboard_hub::conformance`, behind the `conformance` feature).
 //!
 //! Ordering: a broker delivers the publications of one channel to [`BrokerEvents::publication`]
 //! in offset order, one at a time.

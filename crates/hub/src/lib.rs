@@ -37,6 +37,7 @@ mod broker;
 mod channel;
 pub mod cluster;
 pub mod config;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod hub;
 mod interest;
