@@ -77,10 +77,20 @@ async fn two_nodes_share_channels_history_and_presence() {
         b.remove_presence(ch, "c1").await.unwrap();
         assert_eq!(a.presence(ch).await.unwrap().len(), 1);
 
-        // After B unsubscribes, it receives nothing more.
+        // After B unsubscribes, it receives nothing more. NATS keeps the order of A's messages
+        // to B's connection, so once a later message of another channel has been delivered on
+        // B, publication 4 would have reached B too (rather than waiting a fixed time).
+        let barrier = "chat:barrier";
+        b.subscribe(barrier).await.unwrap();
         b.unsubscribe(ch).await.unwrap();
         a.publish(ch, publication(4), &opts).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.publish(barrier, publication(5), &Default::default())
+            .await
+            .unwrap();
+        eventually("the later message on B", WAIT, || {
+            eb.offsets(barrier).len() == 1
+        })
+        .await;
         assert_eq!(eb.offsets(ch), [1, 2, 3]);
     })
     .await;

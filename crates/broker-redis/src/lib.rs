@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ConfigError, RedisConfig};
 use keys::ChannelKeys;
-use shard::{EventsCell, Settings, Shard, Target};
+use shard::{EventsCell, Replay, Settings, Shard, Target};
 
 /// The Redis broker and presence store. See the crate docs.
 ///
@@ -277,7 +277,10 @@ impl Broker for RedisBroker {
         if !options.uses_history() && idempotency.is_none() {
             let message = wire::encode_publication(&publication, Some(wire::PUBLICATION));
             shard
-                .query::<i64>(redis::cmd("PUBLISH").arg(&topic).arg(message))
+                .query::<i64>(
+                    Replay::Unsafe,
+                    redis::cmd("PUBLISH").arg(&topic).arg(message),
+                )
                 .await?;
             return Ok(StreamPosition::default());
         }
@@ -305,7 +308,14 @@ impl Broker for RedisBroker {
             .arg(millis(meta_ttl))
             .arg(new_epoch())
             .arg(idempotency.map_or(0, |_| millis(options.idempotent_result_ttl)));
-        let (offset, epoch): (u64, String) = shard.invoke(&invocation).await?;
+        // With an idempotency key the script answers a second run with the first one's result
+        // (the key is stored atomically with the publication), so a retry cannot publish twice.
+        let replay = if idempotency.is_some() {
+            Replay::Safe
+        } else {
+            Replay::Unsafe
+        };
+        let (offset, epoch): (u64, String) = shard.invoke(replay, &invocation).await?;
         Ok(StreamPosition { offset, epoch })
     }
 
@@ -313,6 +323,7 @@ impl Broker for RedisBroker {
         let message = wire::encode_info(wire::JOIN, info);
         self.shard(channel)
             .query::<i64>(
+                Replay::Unsafe,
                 redis::cmd("PUBLISH")
                     .arg(keys::channel_topic(&self.prefix, channel))
                     .arg(message),
@@ -325,6 +336,7 @@ impl Broker for RedisBroker {
         let message = wire::encode_info(wire::LEAVE, info);
         self.shard(channel)
             .query::<i64>(
+                Replay::Unsafe,
                 redis::cmd("PUBLISH")
                     .arg(keys::channel_topic(&self.prefix, channel))
                     .arg(message),
@@ -337,6 +349,7 @@ impl Broker for RedisBroker {
         self.events()?;
         self.shards[0]
             .query::<i64>(
+                Replay::Unsafe,
                 redis::cmd("PUBLISH")
                     .arg(keys::control_topic(&self.prefix))
                     .arg(message),
@@ -373,7 +386,11 @@ impl Broker for RedisBroker {
             .arg(since)
             .arg(limit)
             .arg(if filter.reverse { 1 } else { 0 });
-        let reply: Vec<redis::Value> = self.shard(channel).invoke(&invocation).await?;
+        // Creates the position only if missing: a second run reads what the first created.
+        let reply: Vec<redis::Value> = self
+            .shard(channel)
+            .invoke(Replay::Safe, &invocation)
+            .await?;
         let mut items = reply.into_iter();
         let top: u64 = items
             .next()
@@ -406,7 +423,10 @@ impl Broker for RedisBroker {
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         self.shard(channel)
-            .query::<i64>(redis::cmd("DEL").arg(self.keys(channel).history()))
+            .query::<i64>(
+                Replay::Safe,
+                redis::cmd("DEL").arg(self.keys(channel).history()),
+            )
             .await?;
         Ok(())
     }
@@ -450,7 +470,10 @@ impl PresenceStore for RedisBroker {
             .arg(&info.client)
             .arg(encoded)
             .arg(millis(ttl));
-        self.shard(channel).invoke::<i64>(&invocation).await?;
+        // Overwrites the entry and its expiry: a second run only moves the expiry a little.
+        self.shard(channel)
+            .invoke::<i64>(Replay::Safe, &invocation)
+            .await?;
         Ok(())
     }
 
@@ -462,7 +485,9 @@ impl PresenceStore for RedisBroker {
             .ignore()
             .zrem(keys.presence_expiry(), client)
             .ignore();
-        self.shard(channel).pipeline::<()>(&pipe).await
+        self.shard(channel)
+            .pipeline::<()>(Replay::Safe, &pipe)
+            .await
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
@@ -472,7 +497,11 @@ impl PresenceStore for RedisBroker {
             .key(keys.presence())
             .key(keys.presence_expiry())
             .arg("all");
-        let entries: Vec<(String, Vec<u8>)> = self.shard(channel).invoke(&invocation).await?;
+        // Reads (and drops expired entries): safe to run twice.
+        let entries: Vec<(String, Vec<u8>)> = self
+            .shard(channel)
+            .invoke(Replay::Safe, &invocation)
+            .await?;
         let mut presence = HashMap::with_capacity(entries.len());
         for (client, encoded) in entries {
             match serde_json::from_slice::<StoredInfo>(&encoded) {
@@ -500,7 +529,10 @@ impl PresenceStore for RedisBroker {
             .key(keys.presence())
             .key(keys.presence_expiry())
             .arg("values");
-        let values: Vec<Vec<u8>> = self.shard(channel).invoke(&invocation).await?;
+        let values: Vec<Vec<u8>> = self
+            .shard(channel)
+            .invoke(Replay::Safe, &invocation)
+            .await?;
         let users: HashSet<String> = values
             .iter()
             .filter_map(|v| serde_json::from_slice::<StoredUser>(v).ok())

@@ -11,6 +11,14 @@
 //! subscribes the whole set (and the control topic on shard 0) before it accepts new
 //! subscriptions, then reports `gap` for each channel it resubscribed: publications made while
 //! the connection was down were not received.
+//!
+//! The two connections fail together (a Redis restart or failover closes both), but each is
+//! noticed by its own task. So the pub/sub side, which sees a closed socket at once, checks the
+//! command connection too: when it loses its connection, and again when it has a new one,
+//! before the shard reports itself connected. See [`Shard::verify_commands`].
+//!
+//! A command that fails because its connection broke is retried once on a fresh connection
+//! when running it twice is harmless ([`Replay::Safe`]); see [`Shard::run`].
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -19,7 +27,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -28,7 +35,8 @@ use redis::{
     AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
 };
 use switchboard_hub::{BrokerError, BrokerEvents};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisConfig;
@@ -158,6 +166,43 @@ impl From<&RedisConfig> for Settings {
     }
 }
 
+/// Whether a command may run a second time after its connection broke under it.
+///
+/// A connection-level error (broken pipe, reset, EOF) does not say whether Redis received and
+/// ran the command before the connection went: redis-rs reports a request that never left the
+/// client and one whose reply was lost the same way (`BrokenPipe`). Only commands whose second
+/// run changes nothing are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replay {
+    /// Running it twice has the effect of running it once: reads, overwrites, deletes, and a
+    /// publish script with an idempotency key (a second run returns the stored result).
+    Safe,
+    /// It may have been applied before the connection broke and a second run would apply it
+    /// again (a `PUBLISH`, a publish script without an idempotency key): never retried, the
+    /// caller gets `Unavailable` and decides.
+    Unsafe,
+}
+
+/// The command connection as the supervisor last left it; waiters watch it change.
+#[derive(Clone, Default)]
+struct CommandState {
+    /// The connection in use and its generation; `None` while (re)connecting.
+    conn: Option<(u64, Conn)>,
+    /// Connect attempts finished so far, successful or not.
+    attempts: u64,
+}
+
+/// How a command attempt failed.
+struct Failed {
+    error: BrokerError,
+    /// The connection broke (and was dropped).
+    broke: bool,
+    /// Redis may have run the command: true unless Redis refused it (`READONLY`: the server
+    /// is no longer a master, and a replica runs no writes; a script fails at its first write,
+    /// before our scripts publish anything).
+    maybe_applied: bool,
+}
+
 #[derive(Default)]
 struct SubState {
     sink: Option<PubSubSink>,
@@ -174,7 +219,7 @@ pub(crate) struct Shard {
     /// The control topic, on shard 0 only.
     control_topic: Option<String>,
     events: EventsCell,
-    conn: Mutex<Option<(u64, Conn)>>,
+    commands: watch::Sender<CommandState>,
     generation: AtomicU64,
     conn_broken: Notify,
     sub: tokio::sync::Mutex<SubState>,
@@ -197,7 +242,7 @@ impl Shard {
             channel_topic_prefix: keys::channel_topic_prefix(prefix),
             control_topic: (index == 0).then(|| keys::control_topic(prefix)),
             events,
-            conn: Mutex::new(None),
+            commands: watch::Sender::new(CommandState::default()),
             generation: AtomicU64::new(0),
             conn_broken: Notify::new(),
             sub: tokio::sync::Mutex::default(),
@@ -205,9 +250,11 @@ impl Shard {
         }
     }
 
-    /// Whether both connections are up.
+    /// Whether both connections are up. The command connection has answered since the pub/sub
+    /// connection was (re)made (see [`Shard::verify_commands`]), so right after a reconnect this
+    /// never reports a connection that died with the old Redis.
     pub(crate) fn connected(&self) -> bool {
-        self.conn.lock().is_some() && self.sub_connected.load(Ordering::Acquire)
+        self.commands.borrow().conn.is_some() && self.sub_connected.load(Ordering::Acquire)
     }
 
     /// Starts the two supervisors; they stop when `cancel` fires.
@@ -220,73 +267,214 @@ impl Shard {
         BrokerError::Unavailable(format!("redis shard {}: {what}", self.index))
     }
 
-    fn current(&self) -> Result<(u64, Conn), BrokerError> {
-        self.conn
-            .lock()
-            .clone()
-            .ok_or_else(|| self.unavailable("not connected"))
-    }
-
     fn is_current(&self, generation: u64) -> bool {
-        matches!(&*self.conn.lock(), Some((current, _)) if *current == generation)
+        matches!(&self.commands.borrow().conn, Some((current, _)) if *current == generation)
     }
 
     /// Drops the command connection of generation `generation` (if still current) and wakes
     /// its supervisor.
-    fn mark_broken(&self, generation: Option<u64>) {
-        let mut conn = self.conn.lock();
-        let matches = match (&*conn, generation) {
-            (Some((current, _)), Some(g)) => *current == g,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if matches {
-            *conn = None;
-            drop(conn);
+    fn mark_broken(&self, generation: u64) {
+        let dropped = self.commands.send_if_modified(|state| match &state.conn {
+            Some((current, _)) if *current == generation => {
+                state.conn = None;
+                true
+            }
+            _ => false,
+        });
+        if dropped {
             self.conn_broken.notify_one();
         }
     }
 
-    async fn guard<T>(
+    /// One attempt of a command on the connection of `generation`, bounded by
+    /// `command_timeout`. A connection-level error drops that connection.
+    async fn attempt<T>(
         &self,
         generation: u64,
         fut: impl Future<Output = RedisResult<T>>,
-    ) -> Result<T, BrokerError> {
+    ) -> Result<T, Failed> {
         match tokio::time::timeout(self.settings.command_timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                if breaks_connection(&e) {
-                    self.mark_broken(Some(generation));
+                let broke = breaks_connection(&e);
+                if broke {
+                    self.mark_broken(generation);
                 }
-                Err(self.unavailable(e))
+                Err(Failed {
+                    maybe_applied: e.code() != Some("READONLY"),
+                    error: self.unavailable(e),
+                    broke,
+                })
             }
-            Err(_) => Err(self.unavailable("command timed out")),
+            // A slow reply is not a broken connection: the health ping decides that.
+            Err(_) => Err(Failed {
+                error: self.unavailable("command timed out"),
+                broke: false,
+                maybe_applied: true,
+            }),
+        }
+    }
+
+    /// Runs `call` on the current command connection; `call` gets its own clone of it.
+    ///
+    /// When the connection breaks under a [`Replay::Safe`] command, the command runs once more
+    /// on the connection the supervisor makes next (it reconnects at once after losing a
+    /// connection that had been working). If that first reconnect attempt fails, or takes
+    /// longer than `command_timeout`, the call fails with the original error: a Redis that is
+    /// really down is still reported within a few milliseconds. A [`Replay::Unsafe`] command
+    /// is retried the same way only when Redis provably did not run it (it answered
+    /// `READONLY` after a failover); after a broken pipe or reset it is not: the error may
+    /// hide a command Redis ran whose reply was lost, and a second `PUBLISH` (or publish
+    /// script without an idempotency key) would deliver the publication twice.
+    async fn run<T, Fut>(
+        &self,
+        replay: Replay,
+        call: impl Fn(Conn) -> Fut,
+    ) -> Result<T, BrokerError>
+    where
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let mut watcher = self.commands.subscribe();
+        let (generation, conn, attempts) = {
+            let state = watcher.borrow_and_update();
+            let Some((generation, conn)) = state.conn.clone() else {
+                return Err(self.unavailable("not connected"));
+            };
+            (generation, conn, state.attempts)
+        };
+        let failed = match self.attempt(generation, call(conn)).await {
+            Ok(value) => return Ok(value),
+            Err(failed) => failed,
+        };
+        if !failed.broke || (replay == Replay::Unsafe && failed.maybe_applied) {
+            return Err(failed.error);
+        }
+        match self
+            .next_connection(&mut watcher, generation, attempts)
+            .await
+        {
+            Some((generation, conn)) => {
+                tracing::debug!(shard = self.index, "retrying a command on a new connection");
+                self.attempt(generation, call(conn))
+                    .await
+                    .map_err(|f| f.error)
+            }
+            None => Err(failed.error),
+        }
+    }
+
+    /// Waits at most `command_timeout` for a connection newer than `broken`. Gives up as soon
+    /// as a connect attempt finished (`attempts` were finished when the broken one was in use,
+    /// so any later one started after it broke) without producing one.
+    async fn next_connection(
+        &self,
+        watcher: &mut watch::Receiver<CommandState>,
+        broken: u64,
+        attempts: u64,
+    ) -> Option<(u64, Conn)> {
+        let deadline = Instant::now() + self.settings.command_timeout;
+        loop {
+            {
+                let state = watcher.borrow_and_update();
+                match &state.conn {
+                    Some((generation, conn)) if *generation > broken => {
+                        return Some((*generation, conn.clone()))
+                    }
+                    _ if state.attempts > attempts => return None,
+                    _ => {}
+                }
+            }
+            match tokio::time::timeout_at(deadline, watcher.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or the shard is gone.
+                _ => return None,
+            }
         }
     }
 
     /// Runs one command.
-    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
-        let (generation, mut conn) = self.current()?;
-        self.guard(generation, cmd.query_async(&mut conn)).await
+    pub(crate) async fn query<T: FromRedisValue>(
+        &self,
+        replay: Replay,
+        cmd: &Cmd,
+    ) -> Result<T, BrokerError> {
+        self.run(replay, |mut conn| async move {
+            cmd.query_async(&mut conn).await
+        })
+        .await
     }
 
     /// Runs a pipeline (atomic when built so).
     pub(crate) async fn pipeline<T: FromRedisValue>(
         &self,
+        replay: Replay,
         pipe: &Pipeline,
     ) -> Result<T, BrokerError> {
-        let (generation, mut conn) = self.current()?;
-        self.guard(generation, pipe.query_async(&mut conn)).await
+        self.run(replay, |mut conn| async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT).
     pub(crate) async fn invoke<T: FromRedisValue>(
         &self,
+        replay: Replay,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, BrokerError> {
-        let (generation, mut conn) = self.current()?;
-        self.guard(generation, invocation.invoke_async(&mut conn))
-            .await
+        self.run(replay, |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// PINGs the current command connection and drops it unless it answers (any reply, even
+    /// an error such as `LOADING`, proves the connection alive). Returns whether it answered.
+    ///
+    /// This is what ties the command connection to the pub/sub connection's view of Redis.
+    /// Nothing else notices a dead multiplexed connection before it is used: its own
+    /// supervisor pings only every `health_check_interval`, and a restarted or failed-over
+    /// Redis is back (and the pub/sub connection with it) much sooner than that. Without this
+    /// check the shard could report itself connected on a new pub/sub connection while the
+    /// command connection was still the one to the dead server, and the next publish failed
+    /// with "broken pipe". A reply to a PING sent now can only come from a live server, so a
+    /// connection that answers is one calls may use.
+    async fn verify_commands(&self) -> bool {
+        let Some((generation, mut conn)) = self.commands.borrow().conn.clone() else {
+            return false;
+        };
+        if ping(&mut conn, self.settings.command_timeout).await {
+            true
+        } else {
+            self.mark_broken(generation);
+            false
+        }
+    }
+
+    /// After the pub/sub connection came up: waits until a command connection answers a PING
+    /// sent from now on (the old one, if it survived, else the supervisor's next one), at most
+    /// `connect_timeout + 2 * reconnect_max_delay`. Returns false if that did not happen (or
+    /// the broker stopped).
+    async fn await_live_commands(&self, cancel: &CancellationToken) -> bool {
+        let deadline =
+            Instant::now() + self.settings.connect_timeout + 2 * self.settings.reconnect_max_delay;
+        let mut watcher = self.commands.subscribe();
+        loop {
+            watcher.borrow_and_update();
+            if self.verify_commands().await {
+                return true;
+            }
+            // No connection, or it did not answer and was just dropped: wait for the
+            // supervisor's next connection (or failed attempt) and check again.
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                changed = tokio::time::timeout_at(deadline, watcher.changed()) => {
+                    if !matches!(changed, Ok(Ok(()))) {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     async fn supervise_commands(self: Arc<Self>, cancel: CancellationToken) {
@@ -297,26 +485,46 @@ impl Shard {
                 self.target.command_connection(&self.settings),
             )
             .await;
-            match attempt {
+            let wait = match attempt {
                 Ok(Ok(conn)) => {
-                    backoff.reset();
                     let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                    *self.conn.lock() = Some((generation, conn.clone()));
+                    self.commands.send_modify(|state| {
+                        state.conn = Some((generation, conn.clone()));
+                        state.attempts += 1;
+                    });
                     tracing::info!(shard = self.index, "redis command connection up");
+                    let up = Instant::now();
                     if !self.watch_commands(generation, conn, &cancel).await {
                         return;
                     }
-                    self.mark_broken(Some(generation));
+                    self.mark_broken(generation);
                     tracing::warn!(shard = self.index, "redis command connection lost");
+                    // A connection that had been working broke (Redis restarted or failed
+                    // over, or the connection was killed): try again at once, calls waiting to
+                    // retry (`run`) wait for this attempt. One that broke soon after it was
+                    // made counts as a failed attempt, so a Redis that accepts and then drops
+                    // connections is not reconnected to in a tight loop.
+                    if up.elapsed() >= self.settings.reconnect_max_delay {
+                        backoff.reset();
+                        None
+                    } else {
+                        Some(backoff.next())
+                    }
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(shard = self.index, error = %e, "redis connect failed")
+                    tracing::debug!(shard = self.index, error = %e, "redis connect failed");
+                    self.commands.send_modify(|state| state.attempts += 1);
+                    Some(backoff.next())
                 }
-                Err(_) => tracing::debug!(shard = self.index, "redis connect timed out"),
-            }
+                Err(_) => {
+                    tracing::debug!(shard = self.index, "redis connect timed out");
+                    self.commands.send_modify(|state| state.attempts += 1);
+                    Some(backoff.next())
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::ZERO)) => {}
             }
         }
     }
@@ -343,46 +551,12 @@ impl Shard {
                     }
                 }
                 _ = tick.tick() => {
-                    let ping = redis::cmd("PING");
-                    let ok = tokio::time::timeout(
-                        self.settings.command_timeout,
-                        ping.query_async::<Value>(&mut conn),
-                    )
-                    .await;
-                    match ok {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) if !breaks_connection(&e) => {}
-                        _ => return true,
+                    if !ping(&mut conn, self.settings.command_timeout).await {
+                        return true;
                     }
                 }
             }
         }
-    }
-
-    /// Tells the hub about possible gaps in `channels` once the command connection is up as
-    /// well: subscribers resubscribe at once, and their recovery needs the command connection.
-    fn report_gaps_when_ready(self: &Arc<Self>, channels: Vec<String>, cancel: &CancellationToken) {
-        if channels.is_empty() {
-            return;
-        }
-        let shard = self.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let limit = tokio::time::Instant::now()
-                + shard.settings.connect_timeout
-                + 2 * shard.settings.reconnect_max_delay;
-            while shard.conn.lock().is_none() && tokio::time::Instant::now() < limit {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                }
-            }
-            if let Some(events) = shard.events.get() {
-                for channel in &channels {
-                    events.gap(channel);
-                }
-            }
-        });
     }
 
     async fn supervise_pubsub(self: Arc<Self>, cancel: CancellationToken) {
@@ -396,16 +570,31 @@ impl Shard {
                     match self.resubscribe(sink.clone()).await {
                         Ok(resubscribed) => {
                             backoff.reset();
+                            // Redis may have restarted since the command connection was made,
+                            // whichever of the two connections came up first: only report
+                            // the shard connected, and tell subscribers to recover (which
+                            // needs commands), once the command connection is known to be
+                            // alive. Messages arriving meanwhile wait in the stream.
+                            if !self.await_live_commands(&cancel).await {
+                                if cancel.is_cancelled() {
+                                    return;
+                                }
+                                tracing::warn!(
+                                    shard = self.index,
+                                    "redis pub/sub connection up, command connection not yet"
+                                );
+                            }
                             self.sub_connected.store(true, Ordering::Release);
-                            // The command connection in use while this pub/sub connection is up.
-                            let command_generation =
-                                self.conn.lock().as_ref().map(|(generation, _)| *generation);
                             tracing::info!(
                                 shard = self.index,
                                 channels = resubscribed.len(),
                                 "redis pub/sub connection up"
                             );
-                            self.report_gaps_when_ready(resubscribed, &cancel);
+                            if let Some(events) = self.events.get() {
+                                for channel in &resubscribed {
+                                    events.gap(channel);
+                                }
+                            }
                             let stopped = !self.read(sink, stream, &cancel).await;
                             self.sub_connected.store(false, Ordering::Release);
                             self.sub.lock().await.sink = None;
@@ -413,12 +602,10 @@ impl Shard {
                                 return;
                             }
                             tracing::warn!(shard = self.index, "redis pub/sub connection lost");
-                            // The command connection of that time most likely went with it:
-                            // reconnect it now rather than failing the next call. One made
-                            // since (after a freeze, say) is newer than the loss and is kept.
-                            if let Some(generation) = command_generation {
-                                self.mark_broken(Some(generation));
-                            }
+                            // The command connection most likely went with it: find out now
+                            // (a dead one fails the PING at once) rather than failing the next
+                            // call. One that still answers is kept.
+                            self.verify_commands().await;
                         }
                         Err(e) => {
                             tracing::debug!(shard = self.index, error = %e, "redis resubscribe failed")
@@ -541,6 +728,17 @@ impl Shard {
     /// Channels currently subscribed on this shard.
     pub(crate) async fn subscribed(&self) -> Vec<String> {
         self.sub.lock().await.channels.iter().cloned().collect()
+    }
+}
+
+/// Whether `conn` answers a PING within `timeout`. Any reply counts, even an error such as
+/// `LOADING`: only a live server sends one.
+async fn ping(conn: &mut Conn, timeout: Duration) -> bool {
+    let ping = redis::cmd("PING");
+    match tokio::time::timeout(timeout, ping.query_async::<Value>(conn)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => !breaks_connection(&e),
+        Err(_) => false,
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use support::{eventually, started, RedisServer};
+use support::{eventually, started, until_ok, RedisServer};
 use switchboard_broker_redis::RedisBroker;
 use switchboard_hub::{Broker, BrokerError, HistoryFilter, PresenceStore, PublishOptions};
 use switchboard_proto::{ClientInfo, Publication};
@@ -111,7 +111,10 @@ async fn redis_killed_and_restarted() {
     // fails with Unavailable, within twice the command timeout, never hanging.
     let bound = command_timeout * 2;
     let first = all_calls_unavailable(&broker, bound).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    eventually("the loss noticed", Duration::from_secs(5), || {
+        !broker.connected()
+    })
+    .await;
     let later = all_calls_unavailable(&broker, bound).await;
     eprintln!(
         "down: slowest call right after kill {first:?}, later {later:?} (command_timeout {command_timeout:?})"
@@ -123,6 +126,7 @@ async fn redis_killed_and_restarted() {
     assert_eq!(subscribed, vec!["hist", "plain"]);
     assert!(events.gaps().is_empty());
 
+    // Stay down a while (reconnect attempts fail and back off), then come back.
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.restart();
     let restarted = Instant::now();
@@ -218,4 +222,142 @@ async fn redis_hangs_then_thaws() {
         events.publications("ch").len() == 1
     })
     .await;
+}
+
+/// Regression test: after Redis restarted, the shard reported itself connected (its new pub/sub
+/// connection was up) while its command connection was still the one to the dead server, and
+/// the first publish failed with "broken pipe". That happened whenever the command connection
+/// was newer than the pub/sub connection (at startup it depends on which connects first, so the
+/// Sentinel restart test failed about every other run) and no health ping came in between.
+/// Here the command connection is made newer on purpose and health pings are an hour apart,
+/// so the old behaviour failed every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_publish_after_a_restart_uses_a_live_connection() {
+    let mut server = RedisServer::start();
+    let mut config = support::config(&[server.url()], &support::unique_prefix());
+    config.health_check_interval = Duration::from_secs(3600);
+    let (broker, events) = started(config, "node").await;
+    broker.subscribe("ch").await.unwrap();
+
+    // Replace the command connection: it is now newer than the pub/sub connection.
+    server.kill_clients("normal");
+    until_ok(
+        "a call on a new command connection",
+        Duration::from_secs(5),
+        || broker.presence("ch"),
+    )
+    .await;
+
+    server.restart();
+    eventually("reconnect", Duration::from_secs(10), || {
+        broker.connected() && events.gaps() == vec!["ch".to_string()]
+    })
+    .await;
+    // Connected means usable: no retry needed, and none is made for these (see below).
+    broker
+        .publish("ch", publication(1), &PublishOptions::default())
+        .await
+        .unwrap();
+    broker
+        .publish("ch", publication(2), &history_options())
+        .await
+        .unwrap();
+    eventually("both publications", Duration::from_secs(5), || {
+        events.publications("ch").len() == 2
+    })
+    .await;
+}
+
+/// The command connection breaks under a call (killed by the server; health pings are out of
+/// the way): calls whose second run changes nothing are run again on a new connection and
+/// succeed; a publish that a second run would publish twice is not repeated and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_connection_repeats_only_what_is_safe_to_repeat() {
+    let server = RedisServer::start();
+    let mut config = support::config(&[server.url()], &support::unique_prefix());
+    config.health_check_interval = Duration::from_secs(3600);
+    // Generous: the retry waits at most this for the new connection.
+    config.command_timeout = Duration::from_secs(2);
+    let (broker, events) = started(config, "node").await;
+    broker.subscribe("ch").await.unwrap();
+    let connected = || async {
+        eventually("connected", Duration::from_secs(5), || broker.connected()).await;
+    };
+
+    server.kill_clients("normal");
+    broker
+        .history("ch", &HistoryFilter::default(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    server.kill_clients("normal");
+    broker
+        .add_presence("ch", &info(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    server.kill_clients("normal");
+    assert_eq!(broker.presence("ch").await.unwrap().len(), 1);
+    // With an idempotency key a second run returns the first one's result.
+    let mut idempotent = history_options();
+    idempotent.idempotency_key = Some("key".into());
+    idempotent.idempotent_result_ttl = Duration::from_secs(60);
+    server.kill_clients("normal");
+    let first = broker
+        .publish("ch", publication(1), &idempotent)
+        .await
+        .unwrap();
+    assert_eq!(first.offset, 1);
+
+    // Without one, a broken pipe may hide a publish Redis ran: not repeated.
+    for options in [history_options(), PublishOptions::default()] {
+        connected().await;
+        server.kill_clients("normal");
+        let result = broker.publish("ch", publication(2), &options).await;
+        assert!(
+            matches!(result, Err(BrokerError::Unavailable(_))),
+            "{result:?}"
+        );
+    }
+    connected().await;
+    let next = broker
+        .publish("ch", publication(3), &history_options())
+        .await
+        .unwrap();
+    assert_eq!(next.offset, 2, "the failed publishes did not run");
+    eventually("two publications", Duration::from_secs(5), || {
+        events.publications("ch").len() == 2
+    })
+    .await;
+    let data: Vec<String> = events
+        .publications("ch")
+        .iter()
+        .map(|p| p.data.get().to_string())
+        .collect();
+    assert_eq!(data, ["{\"n\":1}", "{\"n\":3}"]);
+}
+
+/// A write refused with READONLY (the server became a replica without closing connections, as
+/// after a network partition) provably did not run, so even a publish without an idempotency
+/// key is tried once more, on a new connection (here to the same replica, so it fails again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_refused_as_readonly_is_tried_once_more() {
+    let primary = RedisServer::start();
+    let demoted = RedisServer::start();
+    let config = support::config(&[demoted.url()], &support::unique_prefix());
+    let (broker, _events) = started(config, "node").await;
+    demoted.cli(&["replicaof", "127.0.0.1", &primary.port.to_string()]);
+    eventually("replica in sync", Duration::from_secs(10), || {
+        demoted
+            .cli(&["info", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    let result = broker
+        .publish("ch", publication(1), &history_options())
+        .await;
+    assert!(
+        matches!(result, Err(BrokerError::Unavailable(_))),
+        "{result:?}"
+    );
+    let stats = demoted.cli(&["info", "errorstats"]);
+    assert!(stats.contains("errorstat_READONLY:count=2"), "{stats}");
 }

@@ -144,13 +144,24 @@ async fn two_nodes_share_publications_control_presence_and_history() {
     b.remove_presence(ch, "c1").await.unwrap();
     assert_eq!(a.presence(ch).await.unwrap().len(), 2);
 
-    // After B unsubscribes, it stops receiving.
+    // After B unsubscribes, it stops receiving. B's one pub/sub connection delivers in the
+    // order Redis published, so once a later publication of another channel has arrived,
+    // publication 7 would have arrived too.
+    let barrier = "chat:barrier";
+    b.subscribe(barrier).await.unwrap();
     b.unsubscribe(ch).await.unwrap();
     a.publish(ch, publication(7), &PublishOptions::default())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.publish(barrier, publication(8), &PublishOptions::default())
+        .await
+        .unwrap();
+    eventually("the later publication on B", WAIT, || {
+        events_b.publications(barrier).len() == 1
+    })
+    .await;
     assert_eq!(events_b.publications(ch).len(), 6);
+    b.unsubscribe(barrier).await.unwrap();
     assert!(b.subscribed_channels().await.is_empty());
 
     support::cleanup(LOCAL_REDIS, &prefix);

@@ -104,6 +104,25 @@ pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() ->
     }
 }
 
+/// Calls `call` until it succeeds, for up to `within`; returns its value.
+pub async fn until_ok<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    within: Duration,
+    mut call: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Records every event (the hub's recorder, shared with the conformance suite).
 pub use switchboard_hub::conformance::RecordingEvents as Recorder;
 
@@ -265,6 +284,16 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+
+    /// Closes the connections of one client type (`normal`, `pubsub`, ...) with CLIENT KILL.
+    /// Redis closes them before it answers, so they are dead when this returns.
+    pub fn kill_clients(&self, kind: &str) {
+        let killed = self.cli(&["client", "kill", "type", kind]);
+        assert!(
+            killed.trim().parse::<u32>().is_ok_and(|n| n > 0),
+            "CLIENT KILL TYPE {kind}: {killed}"
+        );
     }
 
     /// Runs `redis-cli` against this server.
