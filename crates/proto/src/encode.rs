@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::codes::{DisconnectCode, ErrorCode};
@@ -18,7 +18,11 @@ use crate::reply::ReplyResult;
 pub const PING_FRAME: &[u8] = b"{}";
 
 /// Who published or joined: user and client ids with optional connection and channel info.
-#[derive(Debug, Clone, Default, Serialize)]
+///
+/// Deserialises from its own serialisation (brokers store and forward it between nodes); the
+/// info fields stay raw JSON.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClientInfo {
     /// User id; empty for anonymous connections.
     pub user: String,
@@ -203,6 +207,24 @@ mod tests {
 
     fn parse(b: &Bytes) -> serde_json::Value {
         serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn client_info_round_trips_with_info_verbatim() {
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: Some(raw(r#"{"z":1,"a":2.50}"#)),
+            chan_info: None,
+        };
+        let text = serde_json::to_string(&info).unwrap();
+        let back: ClientInfo = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.user, "u");
+        assert_eq!(back.client, "c");
+        assert_eq!(back.conn_info.unwrap().get(), r#"{"z":1,"a":2.50}"#);
+        assert!(back.chan_info.is_none());
+        let minimal: ClientInfo = serde_json::from_str(r#"{"client":"x"}"#).unwrap();
+        assert_eq!((minimal.user.as_str(), minimal.client.as_str()), ("", "x"));
     }
 
     #[test]
