@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::outbound::{Outbound, PushOutcome};
 const SHARDS: usize = 64;
 
 /// A subscriber as the registry sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Subscriber {
     pub(crate) out: Arc<Outbound>,
     /// Wants join/leave pushes.
@@ -34,6 +34,10 @@ pub(crate) struct Subscriber {
     /// Present while the subscription is being set up: messages wait in it until the subscribe
     /// reply is queued.
     pub(crate) gate: Option<Arc<Gate>>,
+    /// Set once a positioned subscriber was told to resubscribe (2500 "insufficient state"):
+    /// from then on it gets no publication of the channel, so that nothing after the gap
+    /// reaches it before the push, which would move its recovery position past the gap.
+    pub(crate) stale: AtomicBool,
 }
 
 /// Holds a new subscriber's messages until its subscribe reply is queued, so that the reply
@@ -265,11 +269,12 @@ impl BrokerEvents for Registry {
         };
         let message = encode_publication_push(channel, publication);
         if in_sequence {
-            self.deliver(ch, &message, offset, |_| true);
+            self.deliver(ch, &message, offset, |s| !s.stale.load(Ordering::Relaxed));
             return;
         }
         // A gap, a repeat or a new epoch: positioned subscribers must not see this publication
-        // (their next recovery would start after it); they resubscribe and recover instead.
+        // nor any later one (their next recovery would start after it); they resubscribe and
+        // recover instead.
         self.deliver(ch, &message, offset, |s| !s.positioned);
         tell_positioned(ch, channel);
     }
@@ -293,11 +298,91 @@ impl BrokerEvents for Registry {
     }
 }
 
-/// Asks the channel's positioned subscribers to resubscribe and recover.
+/// Asks the channel's positioned subscribers to resubscribe and recover, and stops delivering
+/// the channel's publications to them until they do (see [`Subscriber::stale`]).
 fn tell_positioned(ch: &Channel, channel: &str) {
     for sub in ch.subs.values().filter(|s| s.positioned) {
+        if sub.stale.swap(true, Ordering::Relaxed) {
+            continue; // already told
+        }
         sub.out.push_control(Control::InsufficientState {
             channel: channel.to_string(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn publication(offset: u64) -> Publication {
+        Publication {
+            data: RawValue::from_string(format!("{{\"n\":{offset}}}")).unwrap(),
+            info: None,
+            offset,
+            tags: HashMap::new(),
+        }
+    }
+
+    fn subscriber(out: &Arc<Outbound>, positioned: bool) -> Subscriber {
+        Subscriber {
+            out: out.clone(),
+            join_leave: false,
+            positioned,
+            gate: None,
+            stale: AtomicBool::new(false),
+        }
+    }
+
+    /// Offsets of the publications queued for `out`, and whether a control is waiting.
+    fn queued(out: &Outbound) -> (Vec<u64>, bool) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut batch = Vec::new();
+        let _ = out.poll_drain(&mut cx, &mut batch, 1024, false);
+        let offsets = batch
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                v["push"]["pub"]["offset"].as_u64().unwrap()
+            })
+            .collect();
+        let controls = !out.take_controls().is_empty();
+        (offsets, controls)
+    }
+
+    /// A positioned subscriber told about a gap gets nothing more of the channel until it
+    /// resubscribes: a later in-sequence publication would otherwise reach it before the 2500
+    /// push and move its recovery position past the gap.
+    #[test]
+    fn nothing_after_a_gap_reaches_a_positioned_subscriber() {
+        let registry = Registry::new(Arc::new(Metrics::default()));
+        let positioned = Arc::new(Outbound::new(1 << 20));
+        let plain = Arc::new(Outbound::new(1 << 20));
+        registry.add("ch", 1, subscriber(&positioned, true));
+        registry.add("ch", 2, subscriber(&plain, false));
+        for offset in [1, 2, 5, 6, 7] {
+            registry.publication("ch", &publication(offset));
+        }
+        assert_eq!(queued(&positioned), (vec![1, 2], true));
+        assert_eq!(queued(&plain), (vec![1, 2, 5, 6, 7], false));
+
+        // The broker reports a gap (e.g. its connection came back): the same holds.
+        let fresh = Arc::new(Outbound::new(1 << 20));
+        registry.add("other", 3, subscriber(&fresh, true));
+        registry.publication("other", &publication(1));
+        registry.gap("other");
+        registry.publication("other", &publication(2));
+        registry.gap("other");
+        assert_eq!(queued(&fresh), (vec![1], true));
+        // Told once: the second gap queued no second control.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            fresh.poll_drain(&mut cx, &mut Vec::new(), 1, true),
+            Poll::Pending
+        );
     }
 }

@@ -81,6 +81,7 @@ impl Client {
             join_leave,
             positioned,
             gate: Some(gate.clone()),
+            stale: Default::default(),
         };
         self.join_channel(&req.channel, sub, subscriber).await?;
         // From here on publications wait in the gate until the reply is queued.
@@ -309,6 +310,7 @@ impl Client {
             join_leave: options.force_push_join_leave,
             positioned: false,
             gate: None,
+            stale: Default::default(),
         };
         self.join_channel(channel, sub, subscriber).await?;
         self.announce_join(channel).await;
