@@ -137,13 +137,13 @@ describe('development mode (bare run)', () => {
     assert.equal(queue.pending(), 0);
   });
 
-  test('(f) rpc is answered with error 104 (method not found)', T, async () => {
+  test('(f) rpc without an RPC handler is answered with error 108 (not available)', T, async () => {
     const c = await client(server);
     const events = recordEvents(c, ['disconnected', 'connecting']);
     await assert.rejects(
       withTimeout(c.rpc('no_such_method', { x: 1 }), 5000, 'rpc got no answer'),
       (err) => {
-        assert.equal(err.code, 104, `expected code 104, got ${JSON.stringify(err)}`);
+        assert.equal(err.code, 108, `expected code 108, got ${JSON.stringify(err)}`);
         return true;
       },
     );
