@@ -4,7 +4,8 @@
 //! with an ECDSA public key, and keys from a JWKS document (looked up by `kid`). The algorithm
 //! must match a configured key; `alg: none` and unknown algorithms are refused. Expiry is checked
 //! here against the `now` the caller passes, so an expired token can be told apart (error 109, the
-//! client refreshes) from an invalid one (close 3500).
+//! client refreshes) from an invalid one (close 3500). `nbf` (not before) is checked against the
+//! same `now` with the same leeway as `exp` (none): a token used before its `nbf` is invalid.
 //!
 //! The hub does not fetch JWKS documents itself (it does no HTTP): the server fetches them and
 //! hands the parsed set to [`TokenVerifier::set_jwks`].
@@ -72,6 +73,9 @@ pub struct ConnectClaims {
     /// Issued at.
     #[serde(default)]
     pub iat: u64,
+    /// Not before, seconds since the Unix epoch; 0 or absent = no such bound.
+    #[serde(default)]
+    pub nbf: u64,
     /// Connection info shown to others (presence, publications).
     pub info: Option<Box<RawValue>>,
     /// Base64-encoded connection info (alternative to `info`).
@@ -99,6 +103,9 @@ pub struct SubscriptionClaims {
     /// Expiry, seconds since the Unix epoch; 0 or absent = never.
     #[serde(default)]
     pub exp: u64,
+    /// Not before, seconds since the Unix epoch; 0 or absent = no such bound.
+    #[serde(default)]
+    pub nbf: u64,
     /// Channel info for this subscriber (presence, publications).
     pub info: Option<Box<RawValue>>,
     /// Base64-encoded channel info.
@@ -192,6 +199,7 @@ impl TokenVerifier {
     /// Verifies a connection token at time `now` (seconds since the Unix epoch).
     pub fn verify_connect(&self, token: &str, now: u64) -> Result<ConnectClaims, TokenError> {
         let claims: ConnectClaims = self.decode(token)?;
+        check_not_before(claims.nbf, now)?;
         check_expiry(claims.expire_at.unwrap_or(claims.exp), now)?;
         Ok(claims)
     }
@@ -203,6 +211,7 @@ impl TokenVerifier {
         now: u64,
     ) -> Result<SubscriptionClaims, TokenError> {
         let claims: SubscriptionClaims = self.decode(token)?;
+        check_not_before(claims.nbf, now)?;
         check_expiry(claims.expire_at.unwrap_or(claims.exp), now)?;
         Ok(claims)
     }
@@ -261,9 +270,23 @@ impl TokenVerifier {
     }
 }
 
+/// Clock skew tolerated on `exp` and `nbf`, in seconds: none. A token is expired from its `exp`
+/// second on and valid from its `nbf` second on, by this node's clock; keep the clocks of the
+/// token issuer and the nodes synchronised (NTP).
+const LEEWAY: u64 = 0;
+
 fn check_expiry(exp: u64, now: u64) -> Result<(), TokenError> {
-    if exp != 0 && exp <= now {
+    if exp != 0 && exp.saturating_add(LEEWAY) <= now {
         return Err(TokenError::Expired);
+    }
+    Ok(())
+}
+
+/// A token presented before its `nbf` is invalid (not "expired": getting a new one does not
+/// help), as in Centrifugo.
+fn check_not_before(nbf: u64, now: u64) -> Result<(), TokenError> {
+    if nbf != 0 && nbf > now.saturating_add(LEEWAY) {
+        return Err(TokenError::Invalid("token not valid yet (nbf)".into()));
     }
     Ok(())
 }
@@ -312,6 +335,29 @@ mod tests {
         let v = verifier(hmac("s"));
         let t = hs(json!({"sub":"1","exp":1000}), "s");
         assert_eq!(v.verify_connect(&t, 1000).unwrap_err(), TokenError::Expired);
+    }
+
+    #[test]
+    fn not_before_is_enforced_for_both_kinds() {
+        let v = verifier(hmac("s"));
+        let t = hs(json!({"sub":"1","nbf":1000,"exp":2000}), "s");
+        let err = v.verify_connect(&t, 999).unwrap_err();
+        assert!(
+            matches!(&err, TokenError::Invalid(m) if m.contains("nbf")),
+            "{err:?}"
+        );
+        assert!(v.verify_connect(&t, 1000).is_ok());
+        assert!(v.verify_connect(&t, 1500).is_ok());
+        assert_eq!(v.verify_connect(&t, 2000).unwrap_err(), TokenError::Expired);
+        let s = hs(json!({"sub":"1","channel":"$c","nbf":1000}), "s");
+        assert!(matches!(
+            v.verify_subscription(&s, 999),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(v.verify_subscription(&s, 1000).is_ok());
+        // Absent or 0: no bound.
+        let t = hs(json!({"sub":"1","nbf":0}), "s");
+        assert!(v.verify_connect(&t, 0).is_ok());
     }
 
     #[test]

@@ -32,6 +32,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "demos",
     "tls",
     "proxy",
+    "http",
+    "websocket",
 ];
 
 /// Development or production defaults.
@@ -96,6 +98,12 @@ pub struct Config {
     /// Backend proxies.
     #[serde(default)]
     pub proxy: switchboard_hub::ProxyConfig,
+    /// HTTP connection timeouts.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// WebSocket frame-level limits.
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
 }
 
 fn default_address() -> SocketAddr {
@@ -176,6 +184,53 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// HTTP connection timeouts (`[http]`): how long a client may take to send what the server waits
+/// for, so that connections that send nothing, or trickle a request, do not stay open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// Time to receive a request's head (request line and headers): from the moment the
+    /// connection is accepted (after the TLS handshake, when TLS is on), and on a keep-alive
+    /// connection from the end of the previous response, so it is also the idle timeout of
+    /// keep-alive connections. Past it the connection is closed without an answer. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub head_timeout: Duration,
+    /// Time to receive a server API request's body, once its head is in. Past it the request
+    /// gets 408 and the connection is closed. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// WebSocket frame-level limits (`[websocket]`), for every WebSocket connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct WebSocketConfig {
+    /// Pings and pongs a client may send per second; one more closes the connection with 1008
+    /// (policy violation). 0 = unlimited. Default 100. Whatever the limit, at most a few pongs
+    /// are queued for a client that does not read (further pings are answered only by the most
+    /// recent pong).
+    pub max_control_frames_per_second: u32,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_control_frames_per_second: 100,
         }
     }
 }
@@ -623,6 +678,12 @@ fn validate(config: &Config) -> Vec<String> {
     if c.handshake_timeout.is_zero() {
         problems.push("client.handshake_timeout: must be greater than 0".into());
     }
+    if config.http.head_timeout.is_zero() {
+        problems.push("http.head_timeout: must be greater than 0".into());
+    }
+    if config.http.body_timeout.is_zero() {
+        problems.push("http.body_timeout: must be greater than 0".into());
+    }
     if !c.ping_interval.is_zero() && c.pong_timeout >= c.ping_interval {
         problems.push("client.pong_timeout: must be shorter than client.ping_interval".into());
     }
@@ -790,6 +851,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.problems[0].contains("client.pong_timeout"));
+    }
+
+    #[test]
+    fn http_and_websocket_limits() {
+        let c = from_toml("", &[]).unwrap();
+        assert_eq!(c.http.head_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.websocket.max_control_frames_per_second, 100);
+        let c = from_toml(
+            "[http]\nhead_timeout = \"2s\"\n[websocket]\nmax_control_frames_per_second = 0\n",
+            &[("SWITCHBOARD_HTTP__BODY_TIMEOUT", "5s")],
+        )
+        .unwrap();
+        assert_eq!(c.http.head_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.body_timeout, Duration::from_secs(5));
+        assert_eq!(c.websocket.max_control_frames_per_second, 0);
+        let err = from_toml(
+            "[http]\nhead_timeout = \"0s\"\nbody_timeout = \"0s\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
+        assert!(err.problems[0].starts_with("http.head_timeout"));
+        assert!(err.problems[1].starts_with("http.body_timeout"));
     }
 
     #[test]

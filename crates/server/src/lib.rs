@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt;
 use switchboard_broker_nats::NatsBroker;
 use switchboard_broker_redis::RedisBroker;
 use switchboard_hub::{Hub, MemoryBroker};
@@ -109,6 +108,7 @@ impl Server {
             listener,
             router,
             tls,
+            config.http.head_timeout,
             hub.clone(),
             tasks,
             shutdown.clone(),
@@ -201,10 +201,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
+    head_timeout: Duration,
     hub: Hub,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -214,32 +216,13 @@ async fn serve(
     // `/health` (and new WebSocket clients a 3001 "shutdown" close) instead of a refused
     // connection; it closes once the drain is over.
     let stop_accepting = CancellationToken::new();
-    let http = match tls {
-        None => {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let http = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown({
-                let stop_accepting = stop_accepting.clone();
-                async move { stop_accepting.cancelled().await }
-            });
-            tokio::spawn(async move {
-                if let Err(e) = http.await {
-                    tracing::error!(error = %e, "http server failed");
-                }
-            })
-        }
-        Some(acceptor) => tokio::spawn(serve_tls(
-            listener,
-            router,
-            acceptor,
-            stop_accepting.clone(),
-        )),
-    };
+    let http = tokio::spawn(accept_loop(
+        listener,
+        router,
+        tls,
+        head_timeout,
+        stop_accepting.clone(),
+    ));
     shutdown.cancelled().await;
     let told = hub.shutdown(DisconnectCode::SHUTDOWN);
     tracing::info!(
@@ -262,19 +245,29 @@ async fn serve(
     tracing::info!("shutdown complete");
 }
 
-/// Accepts TLS connections until `shutdown`, serving HTTP/1.1 (with upgrades) on each.
-async fn serve_tls(
+/// Accepts connections until `stop` (TLS first when `tls` is set) and serves HTTP/1.1 with
+/// upgrades on each; then closes the listener, lets every connection still speaking HTTP finish
+/// the request in progress, and waits for them. Upgraded connections (WebSocket) are not waited
+/// for here: they belong to the hub's task tracker.
+///
+/// One accept loop for both plain and TLS listeners, on hyper's HTTP/1 connection builder
+/// rather than `axum::serve`: that is where the head timeout lives ([`HttpConfig`]'s
+/// `head_timeout`), and `axum::serve`'s auto (HTTP/1 or HTTP/2) builder first waits, with no
+/// limit, for enough bytes to tell the versions apart. HTTP/2 is not served (TLS already offers
+/// only `http/1.1` in ALPN; WebSocket upgrades are HTTP/1.1).
+///
+/// [`HttpConfig`]: crate::config::HttpConfig
+async fn accept_loop(
     listener: TcpListener,
     router: axum::Router,
-    acceptor: TlsAcceptor,
-    shutdown: CancellationToken,
+    tls: Option<TlsAcceptor>,
+    head_timeout: Duration,
+    stop: CancellationToken,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tower::ServiceExt as _;
-
+    let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -286,9 +279,14 @@ async fn serve_tls(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
         let router = router.clone();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let Some(acceptor) = tls else {
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                return serve_connection(io, peer, router, head_timeout, stop).await;
+            };
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => tls,
@@ -298,21 +296,53 @@ async fn serve_tls(
                 }
                 Err(_) => return,
             };
-            let service = hyper::service::service_fn(
-                move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    router.clone().oneshot(req)
-                },
-            );
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "https connection ended with an error");
-            }
+            let io = hyper_util::rt::TokioIo::new(tls);
+            serve_connection(io, peer, router, head_timeout, stop).await;
         });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection until it ends; on `stop`, finishes
+/// the request in progress (if any) and closes.
+///
+/// The head timeout runs from the first read: a connection that sends nothing, or trickles its
+/// request head, is closed when it expires, and so is a keep-alive connection that stays idle
+/// that long after a response.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    router: axum::Router,
+    head_timeout: Duration,
+    stop: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use tower::ServiceExt as _;
+
+    let service =
+        hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
 }
 

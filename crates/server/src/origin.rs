@@ -8,10 +8,15 @@ use crate::glob::glob_match;
 /// `client.allowed_origins`.
 ///
 /// Requests without `Origin` (non-browser clients) are allowed. With an empty list only
-/// same-origin requests are: the Origin's host (and port) must equal the `Host` header.
+/// same-origin requests are: the Origin's host (and port) must equal the `Host` header. An
+/// `Origin` that is not visible ASCII is refused (no browser sends one; treating it as absent
+/// would let it past the check).
 pub fn allowed(headers: &HeaderMap, allowed_origins: &[String]) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
     };
     if allowed_origins.is_empty() {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -42,6 +47,17 @@ mod tests {
         assert!(allowed(&headers(None, "a.com"), &[]));
         assert!(allowed(&headers(Some("https://a.com"), "a.com"), &[]));
         assert!(!allowed(&headers(Some("https://evil.com"), "a.com"), &[]));
+    }
+
+    #[test]
+    fn non_ascii_origin_is_refused_not_ignored() {
+        let mut h = headers(None, "a.com");
+        h.insert(
+            header::ORIGIN,
+            axum::http::HeaderValue::from_bytes(b"https://\xe9vil.com").unwrap(),
+        );
+        assert!(!allowed(&h, &[]));
+        assert!(!allowed(&h, &["*".into()]));
     }
 
     #[test]

@@ -54,4 +54,4 @@ pub use codec::{
     MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
 };
 #[cfg(feature = "tokio")]
-pub use socket::{WsError, WsSocket};
+pub use socket::{WsError, WsSocket, MAX_QUEUED_PONGS};

@@ -25,20 +25,33 @@
 //! automatically, but *queued* replies go out only with the next flush. The async wrappers
 //! ([`WsSocket::recv`], [`WsSocket::send`], [`WsSocket::flush`], [`WsSocket::close`]) do that for
 //! you.
+//!
+//! # Control frame floods
+//! A peer that sends pings and never reads must not make us queue one pong per ping. Once
+//! [`MAX_QUEUED_PONGS`] automatic pongs wait in the write queue, the pong for a new ping
+//! replaces the last one still waiting at the end of the queue (RFC 6455 §5.5.3 allows
+//! answering only the most recent ping), so the latest ping is always answered and what pings
+//! make a socket hold stays bounded (about 2 KiB; a pong more per data frame queued after the
+//! last one) whatever their rate. Pongs that went into a write that stalled still count, and
+//! the stalled rest is never merged with what was queued after it. On top of that,
+//! [`WsConfig::max_control_frames_per_second`] (default 100) fails a connection whose peer sends
+//! more pings and pongs than that within one second, with close code 1008 (policy violation,
+//! [`ProtocolError::TooManyControlFrames`]).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::codec::{
-    apply_mask, encode_close_payload, encode_header, encode_header_rsv1, random_mask,
+    apply_mask, encode_close_payload, encode_frame, encode_header, encode_header_rsv1, random_mask,
     ClientHandshake, CloseFrame, Decoder, DeflateParams, HandshakeError, Message, OpCode,
     ProtocolError, Role, WsConfig, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
 };
@@ -52,6 +65,17 @@ const WRITE_SCRATCH: usize = 32 << 10;
 const MAX_READS: usize = 32;
 /// Reads per call once at least one message is complete.
 const MAX_READS_WITH_MESSAGES: usize = 4;
+/// Automatic pongs a socket queues before coalescing: beyond them, the pong for a new ping
+/// replaces the last one waiting. See the module docs.
+pub const MAX_QUEUED_PONGS: usize = 16;
+
+/// Whole seconds since the first call in this process: the numbered one-second windows in
+/// which control frames are counted (4 bytes per socket instead of an `Instant`'s 16).
+fn current_second() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    // Wraps after 136 years.
+    START.get_or_init(Instant::now).elapsed().as_secs() as u32
+}
 
 thread_local! {
     static READ_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
@@ -90,6 +114,12 @@ enum Chunk {
     Inline { buf: [u8; MAX_HEADER_LEN], len: u8 },
     /// A payload: shared with other connections, or owned (masked or compressed).
     Shared(Bytes),
+    /// One whole automatic pong frame, not written yet: the pong for a newer ping may replace
+    /// it while it is the last chunk. Counted in `queued_pongs`.
+    Pong(Bytes),
+    /// The unwritten rest of a stalled write that held `pongs` automatic pongs: they stay
+    /// counted in `queued_pongs` until it is written.
+    PongRest { bytes: Bytes, pongs: u8 },
 }
 
 impl Chunk {
@@ -113,7 +143,8 @@ pub struct WsSocket<IO> {
     decoder: Decoder,
     /// Our compression window (log2) when permessage-deflate is on.
     compress_window: Option<u8>,
-    close_timeout: Duration,
+    /// [`WsConfig::close_timeout`] in milliseconds (a `Duration` takes 16 bytes).
+    close_timeout_ms: u32,
     pending: VecDeque<Chunk>,
     inbox: VecDeque<Message>,
     /// A protocol error found after messages that were returned first; reported (and the
@@ -123,6 +154,13 @@ pub struct WsSocket<IO> {
     close_received: bool,
     read_done: bool,
     eof: bool,
+    /// Automatic pongs in `pending` (`Chunk::Pong`s plus `Chunk::PongRest` counts).
+    queued_pongs: u8,
+    /// [`WsConfig::max_control_frames_per_second`]; `u32::MAX` for no limit.
+    control_limit: u32,
+    /// The [`current_second`] in which `control_count` control frames were received.
+    control_second: u32,
+    control_count: u32,
 }
 
 impl<IO> WsSocket<IO> {
@@ -149,7 +187,7 @@ impl<IO> WsSocket<IO> {
             role,
             decoder: Decoder::with_deflate(role, &config, deflate),
             compress_window,
-            close_timeout: config.close_timeout,
+            close_timeout_ms: u32::try_from(config.close_timeout.as_millis()).unwrap_or(u32::MAX),
             pending: VecDeque::new(),
             inbox: VecDeque::new(),
             deferred_error: None,
@@ -157,6 +195,10 @@ impl<IO> WsSocket<IO> {
             close_received: false,
             read_done: false,
             eof: false,
+            queued_pongs: 0,
+            control_limit: config.max_control_frames_per_second.unwrap_or(u32::MAX),
+            control_second: 0,
+            control_count: 0,
         }
     }
 
@@ -217,6 +259,17 @@ impl<IO> WsSocket<IO> {
     /// Whether queued output waits for [`WsSocket::poll_flush`].
     pub fn has_pending_writes(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// How many bytes are queued and not yet handed to the IO (frame headers included).
+    pub fn pending_write_bytes(&self) -> usize {
+        self.pending
+            .iter()
+            .map(|chunk| match chunk {
+                Chunk::Inline { len, .. } => usize::from(*len),
+                Chunk::Shared(b) | Chunk::Pong(b) | Chunk::PongRest { bytes: b, .. } => b.len(),
+            })
+            .sum()
     }
 
     /// Whether we queued (or sent) a Close frame; later `queue_*` calls are ignored.
@@ -373,11 +426,31 @@ impl<IO> WsSocket<IO> {
         self.pending.push_back(Chunk::Inline { buf, len });
     }
 
-    /// Reacts to decoded control frames: pong for ping, close echo for close.
-    fn handle_control(&mut self, msgs: &[Message]) {
-        for m in msgs {
+    /// Reacts to decoded control frames: pong for ping, close echo for close, and counts pings
+    /// and pongs against the control-frame limit. Over the limit, returns the index in `msgs`
+    /// of the first frame beyond it (that frame and what follows are not acted on).
+    fn handle_control(&mut self, msgs: &[Message]) -> Result<(), (usize, ProtocolError)> {
+        // One clock read per batch: frames decoded from one read arrived together.
+        let mut second = None;
+        for (i, m) in msgs.iter().enumerate() {
             match m {
-                Message::Ping(p) => self.queue_control(OpCode::Pong, p),
+                Message::Ping(_) | Message::Pong(_) => {
+                    let limit = self.control_limit;
+                    if limit != u32::MAX {
+                        let now = *second.get_or_insert_with(current_second);
+                        if now != self.control_second {
+                            self.control_second = now;
+                            self.control_count = 0;
+                        }
+                        self.control_count = self.control_count.saturating_add(1);
+                        if self.control_count > limit {
+                            return Err((i, ProtocolError::TooManyControlFrames { limit }));
+                        }
+                    }
+                    if let Message::Ping(p) = m {
+                        self.answer_ping(p);
+                    }
+                }
                 Message::Close(frame) => {
                     self.close_received = true;
                     self.read_done = true;
@@ -389,10 +462,36 @@ impl<IO> WsSocket<IO> {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Queues the automatic pong for a received ping. With [`MAX_QUEUED_PONGS`] already
+    /// waiting, it replaces the last one instead when that is the last chunk queued.
+    fn answer_ping(&mut self, payload: &[u8]) {
+        if self.close_sent {
+            return;
+        }
+        let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
+        let mask = (self.role == Role::Client).then(random_mask);
+        let mut frame = BytesMut::new();
+        encode_frame(OpCode::Pong, true, payload, mask, &mut frame);
+        let frame = frame.freeze();
+        if usize::from(self.queued_pongs) >= MAX_QUEUED_PONGS {
+            if let Some(Chunk::Pong(last)) = self.pending.back_mut() {
+                *last = frame;
+                return;
+            }
+        }
+        self.pending.push_back(Chunk::Pong(frame));
+        self.queued_pongs = self.queued_pongs.saturating_add(1);
     }
 
     fn fail(&mut self, e: ProtocolError) -> WsError {
-        self.queue_close(e.close_code(), "");
+        let reason = match e {
+            ProtocolError::TooManyControlFrames { .. } => "too many control frames",
+            _ => "",
+        };
+        self.queue_close(e.close_code(), reason);
         self.read_done = true;
         WsError::Protocol(e)
     }
@@ -403,8 +502,11 @@ impl<IO> WsSocket<IO> {
             return Ok(());
         }
         let mut out = Vec::new();
-        let r = self.decoder.decode(bytes, &mut out);
-        self.handle_control(&out);
+        let mut r = self.decoder.decode(bytes, &mut out);
+        if let Err((i, e)) = self.handle_control(&out) {
+            out.truncate(i);
+            r = Err(e);
+        }
         self.inbox.extend(out);
         if let Err(e) = r {
             self.deferred_error = Some(e);
@@ -498,8 +600,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
                 });
             }
             let before = out.len();
-            let decoded = self.decoder.decode(&buf[..n], out);
-            self.handle_control(&out[before..]);
+            let mut decoded = self.decoder.decode(&buf[..n], out);
+            if let Err((i, e)) = self.handle_control(&out[before..]) {
+                // Nothing from the frame over the limit on is delivered or answered.
+                out.truncate(before + i);
+                decoded = Err(e);
+            }
             if let Err(e) = decoded {
                 if out.len() > start {
                     // Hand out what came before the error first (so that replies to it go
@@ -570,7 +676,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
                     continue;
                 }
             }
+            // A stalled write's rest with pongs in it is written on its own, never gathered
+            // again with what was queued after it: otherwise every stalled flush would fold
+            // the pongs queued since into it, and coalescing would never kick in.
+            if let Some(Chunk::PongRest { bytes, pongs }) = self.pending.front_mut() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, bytes))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                bytes.advance(n);
+                if bytes.is_empty() {
+                    let pongs = *pongs;
+                    self.pending.pop_front();
+                    self.queued_pongs = self.queued_pongs.saturating_sub(pongs);
+                }
+                continue;
+            }
             scratch.clear();
+            // Automatic pongs in `scratch`: still queued until all of it is written.
+            let mut gathered_pongs: u8 = 0;
             while let Some(front) = self.pending.front_mut() {
                 let room = WRITE_SCRATCH - scratch.len();
                 match front {
@@ -582,6 +706,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
                         scratch.extend_from_slice(&buf[..len]);
                         self.pending.pop_front();
                     }
+                    Chunk::Pong(bytes) => {
+                        if bytes.len() > room {
+                            break;
+                        }
+                        scratch.extend_from_slice(bytes);
+                        gathered_pongs = gathered_pongs.saturating_add(1);
+                        self.pending.pop_front();
+                    }
+                    // Only ever at the front, written above.
+                    Chunk::PongRest { .. } => break,
                     Chunk::Shared(b) => {
                         let n = room.min(b.len());
                         scratch.extend_from_slice(&b[..n]);
@@ -607,11 +741,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                     Poll::Pending => {
                         let rest = Bytes::copy_from_slice(&scratch[off..]);
-                        self.pending.push_front(Chunk::Shared(rest));
+                        self.pending.push_front(if gathered_pongs == 0 {
+                            Chunk::Shared(rest)
+                        } else {
+                            // Still counted: a peer that does not read cannot turn queued
+                            // pongs into uncounted bytes, flush after flush.
+                            Chunk::PongRest {
+                                bytes: rest,
+                                pongs: gathered_pongs,
+                            }
+                        });
                         return Poll::Pending;
                     }
                 }
             }
+            self.queued_pongs = self.queued_pongs.saturating_sub(gathered_pongs);
         }
     }
 
@@ -671,7 +815,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
     /// runtime with the time driver enabled.
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), WsError> {
         self.queue_close(code, reason);
-        let timeout = self.close_timeout;
+        let timeout = Duration::from_millis(u64::from(self.close_timeout_ms));
         let work = async {
             self.flush().await?;
             self.io.shutdown().await?;

@@ -46,7 +46,7 @@ const TRANSPORT: TransportInfo = TransportInfo::new("websocket", true);
 ///
 /// Refusals (an `Origin` that is not allowed, a malformed upgrade request, a full node or one
 /// that is shutting down) are logged at info level with their reason, at most one line per
-/// second (see [`log_refusal`]).
+/// second (see `log_refusal`).
 pub async fn handler(State(state): State<AppState>, mut req: Request) -> Response {
     if !crate::origin::allowed(req.headers(), &state.hub.config().client.allowed_origins) {
         let origin = req

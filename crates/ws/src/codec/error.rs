@@ -56,14 +56,25 @@ pub enum ProtocolError {
         /// The limit that was exceeded, in bytes.
         limit: usize,
     },
+    /// The peer sent more control frames (pings, pongs) in one second than
+    /// [`WsConfig::max_control_frames_per_second`](super::WsConfig::max_control_frames_per_second)
+    /// allows. Not an RFC 6455 rule but our policy against ping floods: close code 1008.
+    /// Reported by [`WsSocket`](crate::WsSocket) (the [`Decoder`](super::Decoder) has no clock).
+    #[error("more than {limit} control frames in one second")]
+    TooManyControlFrames {
+        /// The limit that was exceeded, in frames per second.
+        limit: u32,
+    },
 }
 
 impl ProtocolError {
     /// The close code to send when failing the connection for this error:
-    /// 1002 (protocol error), 1007 (invalid payload data) or 1009 (message too big).
+    /// 1002 (protocol error), 1007 (invalid payload data), 1008 (policy violation: control
+    /// frame flood) or 1009 (message too big).
     pub fn close_code(&self) -> u16 {
         match self {
             ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => 1007,
+            ProtocolError::TooManyControlFrames { .. } => 1008,
             ProtocolError::MessageTooBig { .. } => 1009,
             _ => 1002,
         }

@@ -53,6 +53,7 @@ pub enum Role {
 /// | `max_frame_size` | `None` = same as `max_message_size` | |
 /// | `compression` | `false` | permessage-deflate costs CPU per message and per connection |
 /// | `close_timeout` | 5 s | how long [`close`](crate::WsSocket::close) waits for the peer to hang up |
+/// | `max_control_frames_per_second` | `Some(100)` | pings and pongs a peer may send per second before the connection is failed with close code 1008; a well-behaved peer sends a few per minute, a flood costs us a reply each |
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsConfig {
@@ -66,6 +67,15 @@ pub struct WsConfig {
     /// How long [`WsSocket::close`](crate::WsSocket::close) waits for the peer to close the
     /// TCP connection after the close frames were exchanged.
     pub close_timeout: Duration,
+    /// Most control frames (pings and pongs) accepted from the peer within one second; one
+    /// more fails the connection with [`ProtocolError::TooManyControlFrames`] (close code 1008,
+    /// policy violation). `None`: no limit. Counted in fixed one-second windows by the socket
+    /// ([`WsSocket`](crate::WsSocket)); the sans-I/O [`Decoder`] has no clock and ignores it.
+    ///
+    /// Whatever the limit, replies are bounded: a socket keeps at most a few automatic pongs
+    /// queued and answers only the most recent of the pings that arrive beyond them (RFC 6455
+    /// §5.5.3 allows it), so a peer that pings without reading cannot grow our memory.
+    pub max_control_frames_per_second: Option<u32>,
 }
 
 impl Default for WsConfig {
@@ -75,6 +85,7 @@ impl Default for WsConfig {
             max_frame_size: None,
             compression: false,
             close_timeout: Duration::from_secs(5),
+            max_control_frames_per_second: Some(100),
         }
     }
 }
@@ -101,6 +112,13 @@ impl WsConfig {
     /// Sets how long a closing socket waits for the peer to hang up.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// Sets how many control frames (pings and pongs) the peer may send per second; `None`
+    /// for no limit.
+    pub fn max_control_frames_per_second(mut self, limit: Option<u32>) -> Self {
+        self.max_control_frames_per_second = limit;
         self
     }
 
