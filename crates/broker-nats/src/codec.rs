@@ -1,16 +1,18 @@
 //! Names and payloads on the wire: subject tokens for channel names, and the JSON bodies of
 //! pub/sub messages, stored publications, stream meta, presence and idempotency entries.
 //!
-//! `switchboard_proto`'s `Publication` and `ClientInfo` only serialise, so decoding goes through
-//! the mirror types here (same field names).
+//! `ClientInfo` travels in its own serialisation and decodes itself; `switchboard_proto`'s
+//! `Publication` only serialises, so decoding it goes through the mirror type here (same field
+//! names).
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use switchboard_hub::MemoryBroker;
 use switchboard_proto::{ClientInfo, Publication, StreamPosition};
 
 /// A channel name (or client id, or idempotency key) as one subject token / key-value key
@@ -30,6 +32,11 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A duration in milliseconds (saturating), for expiry stamps.
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Kind bytes that start a pub/sub message.
@@ -92,12 +99,8 @@ pub(crate) fn decode_incoming(payload: &[u8]) -> Option<Incoming> {
             let m: PublicationIn = serde_json::from_slice(body).ok()?;
             Some(Incoming::Publication(m.e, m.p.into()))
         }
-        KIND_JOIN => Some(Incoming::Join(
-            serde_json::from_slice::<WireClientInfo>(body).ok()?.into(),
-        )),
-        KIND_LEAVE => Some(Incoming::Leave(
-            serde_json::from_slice::<WireClientInfo>(body).ok()?.into(),
-        )),
+        KIND_JOIN => Some(Incoming::Join(serde_json::from_slice(body).ok()?)),
+        KIND_LEAVE => Some(Incoming::Leave(serde_json::from_slice(body).ok()?)),
         _ => None,
     }
 }
@@ -106,7 +109,7 @@ pub(crate) fn decode_incoming(payload: &[u8]) -> Option<Incoming> {
 struct WirePublication {
     data: Box<RawValue>,
     #[serde(default)]
-    info: Option<WireClientInfo>,
+    info: Option<ClientInfo>,
     #[serde(default)]
     offset: u64,
     #[serde(default)]
@@ -117,32 +120,9 @@ impl From<WirePublication> for Publication {
     fn from(p: WirePublication) -> Self {
         Publication {
             data: p.data,
-            info: p.info.map(Into::into),
+            info: p.info,
             offset: p.offset,
             tags: p.tags,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct WireClientInfo {
-    #[serde(default)]
-    user: String,
-    #[serde(default)]
-    client: String,
-    #[serde(default)]
-    conn_info: Option<Box<RawValue>>,
-    #[serde(default)]
-    chan_info: Option<Box<RawValue>>,
-}
-
-impl From<WireClientInfo> for ClientInfo {
-    fn from(i: WireClientInfo) -> Self {
-        ClientInfo {
-            user: i.user,
-            client: i.client,
-            conn_info: i.conn_info,
-            chan_info: i.chan_info,
         }
     }
 }
@@ -198,7 +178,7 @@ impl Meta {
     /// A new stream with a fresh epoch.
     pub(crate) fn fresh(now: u64, ttl_ms: u64) -> Self {
         Self {
-            epoch: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+            epoch: MemoryBroker::new_epoch(),
             top: 0,
             expires: now.saturating_add(ttl_ms),
             size: 0,
@@ -223,7 +203,7 @@ struct PresenceOut<'a> {
 #[derive(Deserialize)]
 struct PresenceIn {
     x: u64,
-    i: WireClientInfo,
+    i: ClientInfo,
 }
 
 pub(crate) fn encode_presence(expires_ms: u64, info: &ClientInfo) -> Vec<u8> {
@@ -236,7 +216,7 @@ pub(crate) fn encode_presence(expires_ms: u64, info: &ClientInfo) -> Vec<u8> {
 
 pub(crate) fn decode_presence(payload: &[u8]) -> Option<(u64, ClientInfo)> {
     let p: PresenceIn = serde_json::from_slice(payload).ok()?;
-    Some((p.x, p.i.into()))
+    Some((p.x, p.i))
 }
 
 /// An idempotency entry: claimed by a publisher (no position yet) or done (the result).
@@ -317,5 +297,37 @@ mod tests {
         assert_eq!((x, back.user.as_str()), (9, "u"));
         assert!(decode_incoming(b"").is_none());
         assert!(decode_incoming(b"x{}").is_none());
+    }
+
+    /// Client info travels in `ClientInfo`'s own field names, as before it decoded itself:
+    /// what this node sends and stores is unchanged, and what older (or newer) nodes send and
+    /// stored still decodes, missing and unknown fields included.
+    #[test]
+    fn client_info_wire_format_is_unchanged() {
+        let info = publication().info.unwrap();
+        assert_eq!(
+            encode_presence_event(KIND_JOIN, &info),
+            br#"j{"user":"u","client":"c","conn_info":"x"}"#
+        );
+        assert_eq!(
+            encode_presence(9, &info),
+            br#"{"x":9,"i":{"user":"u","client":"c","conn_info":"x"}}"#
+        );
+        let Some(Incoming::Leave(old)) =
+            decode_incoming(br#"l{"client":"c","chan_info":{"a":1},"later":true}"#)
+        else {
+            panic!("not a leave");
+        };
+        assert_eq!((old.user.as_str(), old.client.as_str()), ("", "c"));
+        assert_eq!(old.chan_info.unwrap().get(), r#"{"a":1}"#);
+        let (_, info) = decode_presence(br#"{"x":1,"i":{"user":"u","client":"c"}}"#).unwrap();
+        assert!(info.conn_info.is_none() && info.chan_info.is_none());
+        let (_, _, p) = decode_stored(
+            br#"{"e":"ep","x":5,"p":{"data":1,"info":{"user":"u","client":"c","conn_info":null},"offset":3}}"#,
+        )
+        .unwrap();
+        let info = p.info.unwrap();
+        assert_eq!((info.user.as_str(), p.offset), ("u", 3));
+        assert!(info.conn_info.is_none());
     }
 }

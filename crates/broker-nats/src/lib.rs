@@ -25,6 +25,15 @@
 mod broker;
 mod codec;
 mod config;
+mod connection;
+mod control;
+mod history;
+mod idempotency;
+mod offsets;
+mod presence;
+mod pubsub;
+mod reorder;
+mod store;
 
 pub use broker::NatsBroker;
 pub use config::{ConfigError, NatsConfig};

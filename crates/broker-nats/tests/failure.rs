@@ -110,7 +110,7 @@ async fn nats_killed_and_restarted() {
         events.offsets(ch) == [1]
     })
     .await;
-    assert_eq!(events.gaps(ch), 0);
+    assert_eq!(events.gap_count(ch), 0);
 
     // Calls made right after the kill, before or after the client noticed, come back with
     // Unavailable within the request timeout (plus scheduling slack), never hanging.
@@ -134,7 +134,7 @@ async fn nats_killed_and_restarted() {
     eventually(
         "a gap for the subscribed channel",
         Duration::from_secs(5),
-        || events.gaps(ch) >= 1,
+        || events.gap_count(ch) >= 1,
     )
     .await;
     let second = broker
@@ -201,7 +201,7 @@ async fn nats_down_at_startup() {
     .await;
     broker.publish_control(b"{}").await.unwrap();
     eventually("the control message", Duration::from_secs(5), || {
-        events.control.lock().len() == 1
+        events.control().len() == 1
     })
     .await;
     kill(server).await;

@@ -47,10 +47,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use switchboard_hub::{
-    Broker, BrokerError, BrokerEvents, HistoryFilter, HistoryResult, PresenceStats, PresenceStore,
-    PublishOptions, DEFAULT_META_TTL,
+    Broker, BrokerError, BrokerEvents, HistoryFilter, HistoryResult, MemoryBroker, PresenceStats,
+    PresenceStore, PublishOptions, DEFAULT_META_TTL,
 };
 use switchboard_proto::{ClientInfo, Publication, StreamPosition};
 use tokio_util::sync::CancellationToken;
@@ -183,6 +182,42 @@ impl RedisBroker {
             .get()
             .ok_or_else(|| BrokerError::Unavailable("broker not started".into()))
     }
+
+    /// Runs the presence script for `channel`, which drops expired entries and returns the
+    /// others: `what` is `all` (client id and info pairs) or `values` (infos).
+    async fn read_presence<T: redis::FromRedisValue>(
+        &self,
+        channel: &str,
+        what: &str,
+    ) -> Result<T, BrokerError> {
+        let keys = self.keys(channel);
+        let mut invocation = scripts::PRESENCE.prepare_invoke();
+        invocation
+            .key(keys.presence())
+            .key(keys.presence_expiry())
+            .arg(what);
+        // Reads (and drops expired entries): safe to run twice.
+        self.shard(channel).invoke(Replay::Safe, &invocation).await
+    }
+
+    /// Publishes a join or leave (`kind`) of `info` on the channel's topic.
+    async fn publish_info(
+        &self,
+        channel: &str,
+        kind: u8,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
+        let message = wire::encode_info(kind, info);
+        self.shard(channel)
+            .query::<i64>(
+                Replay::Unsafe,
+                redis::cmd("PUBLISH")
+                    .arg(keys::channel_topic(&self.prefix, channel))
+                    .arg(message),
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 fn targets(config: &RedisConfig, settings: &Settings) -> Result<Vec<Target>, ConfigError> {
@@ -230,11 +265,6 @@ fn targets(config: &RedisConfig, settings: &Settings) -> Result<Vec<Target>, Con
     Ok(clients.into_iter().map(Target::Direct).collect())
 }
 
-fn new_epoch() -> String {
-    // Eight hex digits of a v4 UUID, as the in-memory broker does.
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -270,11 +300,7 @@ impl Broker for RedisBroker {
     ) -> Result<StreamPosition, BrokerError> {
         let shard = self.shard(channel);
         let topic = keys::channel_topic(&self.prefix, channel);
-        let idempotency = options
-            .idempotency_key
-            .as_deref()
-            .filter(|k| !k.is_empty() && !options.idempotent_result_ttl.is_zero());
-        if !options.uses_history() && idempotency.is_none() {
+        if !options.uses_channel_state() {
             let message = wire::encode_publication(&publication, Some(wire::PUBLICATION));
             shard
                 .query::<i64>(
@@ -284,6 +310,7 @@ impl Broker for RedisBroker {
                 .await?;
             return Ok(StreamPosition::default());
         }
+        let idempotency = options.idempotency();
         let keys = self.keys(channel);
         let body = wire::encode_publication(&publication, None);
         let history_size = if options.uses_history() {
@@ -306,7 +333,7 @@ impl Broker for RedisBroker {
             .arg(history_size)
             .arg(millis(options.history_ttl))
             .arg(millis(meta_ttl))
-            .arg(new_epoch())
+            .arg(MemoryBroker::new_epoch())
             .arg(idempotency.map_or(0, |_| millis(options.idempotent_result_ttl)));
         // With an idempotency key the script answers a second run with the first one's result
         // (the key is stored atomically with the publication), so a retry cannot publish twice.
@@ -320,29 +347,11 @@ impl Broker for RedisBroker {
     }
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
-        let message = wire::encode_info(wire::JOIN, info);
-        self.shard(channel)
-            .query::<i64>(
-                Replay::Unsafe,
-                redis::cmd("PUBLISH")
-                    .arg(keys::channel_topic(&self.prefix, channel))
-                    .arg(message),
-            )
-            .await?;
-        Ok(())
+        self.publish_info(channel, wire::JOIN, info).await
     }
 
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
-        let message = wire::encode_info(wire::LEAVE, info);
-        self.shard(channel)
-            .query::<i64>(
-                Replay::Unsafe,
-                redis::cmd("PUBLISH")
-                    .arg(keys::channel_topic(&self.prefix, channel))
-                    .arg(message),
-            )
-            .await?;
-        Ok(())
+        self.publish_info(channel, wire::LEAVE, info).await
     }
 
     async fn publish_control(&self, message: &[u8]) -> Result<(), BrokerError> {
@@ -382,7 +391,7 @@ impl Broker for RedisBroker {
             .key(keys.meta())
             .key(keys.history())
             .arg(millis(meta_ttl))
-            .arg(new_epoch())
+            .arg(MemoryBroker::new_epoch())
             .arg(since)
             .arg(limit)
             .arg(if filter.reverse { 1 } else { 0 });
@@ -432,19 +441,6 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Client info as stored in presence (the field names of [`ClientInfo`]'s serialisation).
-#[derive(Deserialize)]
-struct StoredInfo {
-    #[serde(default)]
-    user: String,
-    #[serde(default)]
-    client: String,
-    #[serde(default)]
-    conn_info: Option<Box<RawValue>>,
-    #[serde(default)]
-    chan_info: Option<Box<RawValue>>,
-}
-
 /// Only the user of a stored info, for counting.
 #[derive(Deserialize)]
 struct StoredUser {
@@ -491,30 +487,12 @@ impl PresenceStore for RedisBroker {
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
-        let keys = self.keys(channel);
-        let mut invocation = scripts::PRESENCE.prepare_invoke();
-        invocation
-            .key(keys.presence())
-            .key(keys.presence_expiry())
-            .arg("all");
-        // Reads (and drops expired entries): safe to run twice.
-        let entries: Vec<(String, Vec<u8>)> = self
-            .shard(channel)
-            .invoke(Replay::Safe, &invocation)
-            .await?;
+        let entries: Vec<(String, Vec<u8>)> = self.read_presence(channel, "all").await?;
         let mut presence = HashMap::with_capacity(entries.len());
         for (client, encoded) in entries {
-            match serde_json::from_slice::<StoredInfo>(&encoded) {
-                Ok(s) => {
-                    presence.insert(
-                        client,
-                        ClientInfo {
-                            user: s.user,
-                            client: s.client,
-                            conn_info: s.conn_info,
-                            chan_info: s.chan_info,
-                        },
-                    );
+            match serde_json::from_slice::<ClientInfo>(&encoded) {
+                Ok(info) => {
+                    presence.insert(client, info);
                 }
                 Err(e) => tracing::warn!(channel, error = %e, "skipping malformed presence entry"),
             }
@@ -523,16 +501,7 @@ impl PresenceStore for RedisBroker {
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
-        let keys = self.keys(channel);
-        let mut invocation = scripts::PRESENCE.prepare_invoke();
-        invocation
-            .key(keys.presence())
-            .key(keys.presence_expiry())
-            .arg("values");
-        let values: Vec<Vec<u8>> = self
-            .shard(channel)
-            .invoke(Replay::Safe, &invocation)
-            .await?;
+        let values: Vec<Vec<u8>> = self.read_presence(channel, "values").await?;
         let users: HashSet<String> = values
             .iter()
             .filter_map(|v| serde_json::from_slice::<StoredUser>(v).ok())

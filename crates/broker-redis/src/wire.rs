@@ -42,32 +42,9 @@ struct WirePublication {
     o: u64,
     d: Box<RawValue>,
     #[serde(default)]
-    i: Option<WireInfo>,
+    i: Option<ClientInfo>,
     #[serde(default)]
     t: HashMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct WireInfo {
-    #[serde(default)]
-    user: String,
-    #[serde(default)]
-    client: String,
-    #[serde(default)]
-    conn_info: Option<Box<RawValue>>,
-    #[serde(default)]
-    chan_info: Option<Box<RawValue>>,
-}
-
-impl From<WireInfo> for ClientInfo {
-    fn from(w: WireInfo) -> Self {
-        ClientInfo {
-            user: w.user,
-            client: w.client,
-            conn_info: w.conn_info,
-            chan_info: w.chan_info,
-        }
-    }
 }
 
 /// `publication` without its offset: `{"d":..,"i":..,"t":..}`, prefixed by `kind` when given.
@@ -109,7 +86,7 @@ pub(crate) fn decode_publication(bytes: &[u8]) -> Result<Publication, DecodeErro
         serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))?;
     Ok(Publication {
         data: w.d,
-        info: w.i.map(Into::into),
+        info: w.i,
         offset: w.o,
         tags: w.t,
     })
@@ -121,9 +98,7 @@ pub(crate) fn decode_topic_message(bytes: &[u8]) -> Result<TopicMessage, DecodeE
         return Err(DecodeError("empty message".into()));
     };
     let info = |rest: &[u8]| {
-        serde_json::from_slice::<WireInfo>(rest)
-            .map(ClientInfo::from)
-            .map_err(|e| DecodeError(e.to_string()))
+        serde_json::from_slice::<ClientInfo>(rest).map_err(|e| DecodeError(e.to_string()))
     };
     match *kind {
         PUBLICATION => decode_publication(rest).map(TopicMessage::Publication),
@@ -199,5 +174,29 @@ mod tests {
         assert!(decode_topic_message(b"").is_err());
         assert!(decode_topic_message(b"x{}").is_err());
         assert!(decode_topic_message(b"p{").is_err());
+    }
+
+    /// Client info travels in `ClientInfo`'s own field names, as before it decoded itself:
+    /// what this node sends is unchanged, and what older (or newer) nodes send and stored in
+    /// history still decodes, missing and unknown fields included.
+    #[test]
+    fn client_info_wire_format_is_unchanged() {
+        assert_eq!(
+            encode_info(JOIN, &sample().info.unwrap()),
+            br#"j{"user":"u","client":"c","conn_info":{"x":1}}"#
+        );
+        let TopicMessage::Leave(old) =
+            decode_topic_message(br#"l{"client":"c","chan_info":[1],"later":true}"#).unwrap()
+        else {
+            panic!("not a leave");
+        };
+        assert_eq!((old.user.as_str(), old.client.as_str()), ("", "c"));
+        assert_eq!(old.chan_info.unwrap().get(), "[1]");
+        let stored =
+            decode_publication(br#"{"o":3,"d":1,"i":{"user":"u","client":"c","conn_info":null}}"#)
+                .unwrap();
+        let info = stored.info.unwrap();
+        assert_eq!((info.user.as_str(), stored.offset), ("u", 3));
+        assert!(info.conn_info.is_none());
     }
 }

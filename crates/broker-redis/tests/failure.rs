@@ -3,40 +3,13 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
-use support::{eventually, started, until_ok, RedisServer};
+use support::{
+    delivers, eventually, history_options, info, publication, started, until_ok, RedisServer,
+};
 use switchboard_broker_redis::RedisBroker;
 use switchboard_hub::{Broker, BrokerError, HistoryFilter, PresenceStore, PublishOptions};
-use switchboard_proto::{ClientInfo, Publication};
-
-fn publication(n: usize) -> Publication {
-    Publication {
-        data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
-        info: None,
-        offset: 0,
-        tags: HashMap::new(),
-    }
-}
-
-fn history_options() -> PublishOptions {
-    let mut o = PublishOptions::default();
-    o.history_size = 10;
-    o.history_ttl = Duration::from_secs(60);
-    o.history_meta_ttl = Duration::from_secs(600);
-    o
-}
-
-fn info() -> ClientInfo {
-    ClientInfo {
-        user: "u".into(),
-        client: "c".into(),
-        conn_info: None,
-        chan_info: None,
-    }
-}
 
 /// Runs every kind of call that needs Redis and checks each fails with `Unavailable` within
 /// `bound`. Returns the slowest.
@@ -75,12 +48,12 @@ async fn all_calls_unavailable(broker: &RedisBroker, bound: Duration) -> Duratio
             .await
     );
     check!("subscribe", broker.subscribe("new-channel").await);
-    check!("join", broker.publish_join("hist", &info()).await);
+    check!("join", broker.publish_join("hist", &info("u", "c")).await);
     check!("control", broker.publish_control(b"{}").await);
     check!(
         "add presence",
         broker
-            .add_presence("hist", &info(), Duration::from_secs(5))
+            .add_presence("hist", &info("u", "c"), Duration::from_secs(5))
             .await
     );
     check!("presence", broker.presence("hist").await);
@@ -181,14 +154,7 @@ async fn starts_while_redis_is_down_and_connects_later() {
     server.restart();
     eventually("connect", Duration::from_secs(5), || broker.connected()).await;
     broker.subscribe("a").await.unwrap();
-    broker
-        .publish("a", publication(1), &PublishOptions::default())
-        .await
-        .unwrap();
-    eventually("publication", Duration::from_secs(5), || {
-        events.publications("a").len() == 1
-    })
-    .await;
+    delivers(&broker, &events, "a").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,14 +180,7 @@ async fn redis_hangs_then_thaws() {
         events.gaps() == vec!["ch".to_string()]
     })
     .await;
-    broker
-        .publish("ch", publication(1), &PublishOptions::default())
-        .await
-        .unwrap();
-    eventually("publication", Duration::from_secs(5), || {
-        events.publications("ch").len() == 1
-    })
-    .await;
+    delivers(&broker, &events, "ch").await;
 }
 
 /// Regression test: after Redis restarted, the shard reported itself connected (its new pub/sub
@@ -291,7 +250,7 @@ async fn broken_connection_repeats_only_what_is_safe_to_repeat() {
         .unwrap();
     server.kill_clients("normal");
     broker
-        .add_presence("ch", &info(), Duration::from_secs(60))
+        .add_presence("ch", &info("u", "c"), Duration::from_secs(60))
         .await
         .unwrap();
     server.kill_clients("normal");

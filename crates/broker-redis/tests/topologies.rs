@@ -3,16 +3,16 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
-use support::{eventually, started, RedisCluster, RedisServer, LOCAL_REDIS};
+use support::{
+    delivers, eventually, history_options, info, publication, started, RedisCluster, RedisServer,
+    LOCAL_REDIS,
+};
 use switchboard_broker_redis::{RedisBroker, RedisConfig};
 use switchboard_hub::conformance::{run_all, Fixture};
-use switchboard_hub::{Broker, HistoryFilter, PresenceStore, PublishOptions};
-use switchboard_proto::{ClientInfo, Publication};
+use switchboard_hub::{Broker, HistoryFilter, PresenceStore};
 
 /// Runs the suite with fresh brokers under one new key prefix; returns that prefix.
 async fn conformance(name: &str, make_config: impl Fn(&str) -> RedisConfig) -> String {
@@ -30,23 +30,6 @@ async fn conformance(name: &str, make_config: impl Fn(&str) -> RedisConfig) -> S
     .await;
     eprintln!("conformance on {name}: {:?}", t.elapsed());
     base
-}
-
-fn publication(n: usize) -> Publication {
-    Publication {
-        data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
-        info: None,
-        offset: 0,
-        tags: HashMap::new(),
-    }
-}
-
-fn history_options() -> PublishOptions {
-    let mut o = PublishOptions::default();
-    o.history_size = 10;
-    o.history_ttl = Duration::from_secs(60);
-    o.history_meta_ttl = Duration::from_secs(600);
-    o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,18 +55,9 @@ async fn two_shards_local_and_private() {
         a.publish(ch, publication(1), &history_options())
             .await
             .unwrap();
-        a.add_presence(
-            ch,
-            &ClientInfo {
-                user: "u".into(),
-                client: "c".into(),
-                conn_info: None,
-                chan_info: None,
-            },
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+        a.add_presence(ch, &info("u", "c"), Duration::from_secs(60))
+            .await
+            .unwrap();
     }
     eventually(
         "every channel's publication",
@@ -130,14 +104,7 @@ async fn sentinel() {
         broker.connected() && events.gaps() == vec!["ch".to_string()]
     })
     .await;
-    broker
-        .publish("ch", publication(1), &PublishOptions::default())
-        .await
-        .unwrap();
-    eventually("publication", Duration::from_secs(5), || {
-        events.publications("ch").len() == 1
-    })
-    .await;
+    delivers(&broker, &events, "ch").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

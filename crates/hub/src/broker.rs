@@ -59,6 +59,23 @@ impl PublishOptions {
     pub fn uses_history(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()
     }
+
+    /// The idempotency key, when the publish is idempotent: a non-empty `idempotency_key` with a
+    /// non-zero `idempotent_result_ttl`. Every broker keys its publish-once filter on this: a
+    /// publish whose key already has an unexpired result in the channel returns that result
+    /// and publishes nothing.
+    pub fn idempotency(&self) -> Option<&str> {
+        self.idempotency_key
+            .as_deref()
+            .filter(|k| !k.is_empty() && !self.idempotent_result_ttl.is_zero())
+    }
+
+    /// Whether the publish needs the channel's stored state: history (an offset) or an
+    /// idempotency key (a remembered result). When not, a broker only delivers the publication
+    /// and answers the empty position.
+    pub fn uses_channel_state(&self) -> bool {
+        self.uses_history() || self.idempotency().is_some()
+    }
 }
 
 /// What to read from a channel's history.

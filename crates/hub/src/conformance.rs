@@ -4,7 +4,11 @@
 //! Each check takes a [`Fixture`]: a fresh broker started with a [`RecordingEvents`], its
 //! presence store, and a unique channel prefix (so that runs against a shared Redis or NATS do not
 //! see each other). A remote broker delivers events asynchronously, so checks wait for them with a
-//! deadline instead of expecting them at once.
+//! deadline instead of expecting them at once, and wait for expiry the same way: by polling the
+//! condition ([`eventually`], [`until_ok`]), never by sleeping a fixed time.
+//!
+//! The broker crates' own tests use the same helpers: [`RecordingEvents`], [`eventually`],
+//! [`until_ok`], [`publication`], [`info`] and [`history_options`].
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -28,6 +32,8 @@ use crate::broker::{
 
 /// How long checks wait for asynchronous deliveries.
 const DEADLINE: Duration = Duration::from_secs(5);
+/// How often [`eventually`] and [`until_ok`] look again.
+const POLL: Duration = Duration::from_millis(10);
 
 /// Everything a broker delivered: publications, joins and leaves by channel, gaps and control
 /// messages in arrival order. Broker crates use it in their own tests too.
@@ -50,6 +56,14 @@ impl RecordingEvents {
             .unwrap_or_default()
     }
 
+    /// Offsets of the publications delivered for `channel` so far, in delivery order.
+    pub fn offsets(&self, channel: &str) -> Vec<u64> {
+        self.publications
+            .lock()
+            .get(channel)
+            .map_or_else(Vec::new, |p| p.iter().map(|p| p.offset).collect())
+    }
+
     /// Joins delivered for `channel` so far.
     pub fn joins(&self, channel: &str) -> usize {
         self.joins.lock().get(channel).map_or(0, Vec::len)
@@ -65,33 +79,35 @@ impl RecordingEvents {
         self.gaps.lock().clone()
     }
 
+    /// Gaps reported for `channel` so far.
+    pub fn gap_count(&self, channel: &str) -> usize {
+        self.gaps.lock().iter().filter(|c| *c == channel).count()
+    }
+
     /// Control messages delivered, in order.
     pub fn control(&self) -> Vec<Vec<u8>> {
         self.control.lock().clone()
     }
 }
 
+/// Appends `item` to `channel`'s list.
+fn record<T: Clone>(by_channel: &Mutex<HashMap<String, Vec<T>>>, channel: &str, item: &T) {
+    by_channel
+        .lock()
+        .entry(channel.to_string())
+        .or_default()
+        .push(item.clone());
+}
+
 impl BrokerEvents for RecordingEvents {
     fn publication(&self, channel: &str, publication: &Publication) {
-        self.publications
-            .lock()
-            .entry(channel.to_string())
-            .or_default()
-            .push(publication.clone());
+        record(&self.publications, channel, publication);
     }
     fn join(&self, channel: &str, info: &ClientInfo) {
-        self.joins
-            .lock()
-            .entry(channel.to_string())
-            .or_default()
-            .push(info.clone());
+        record(&self.joins, channel, info);
     }
     fn leave(&self, channel: &str, info: &ClientInfo) {
-        self.leaves
-            .lock()
-            .entry(channel.to_string())
-            .or_default()
-            .push(info.clone());
+        record(&self.leaves, channel, info);
     }
     fn gap(&self, channel: &str) {
         self.gaps.lock().push(channel.to_string());
@@ -143,22 +159,29 @@ impl Fixture {
     fn channel(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
+
+    /// Offsets of the publications of `channel`'s history that `filter` selects.
+    async fn history_offsets(&self, channel: &str, filter: &HistoryFilter) -> Vec<u64> {
+        let history = self
+            .broker
+            .history(channel, filter, Duration::from_secs(3600));
+        let publications = history.await.unwrap().publications;
+        publications.iter().map(|p| p.offset).collect()
+    }
 }
 
-fn data(n: usize) -> Box<RawValue> {
-    RawValue::from_string(format!("{{\"n\":{n}}}")).expect("valid JSON")
-}
-
-fn publication(n: usize) -> Publication {
+/// A publication with `{"n":n}` as data, no publisher info, no tags.
+pub fn publication(n: u64) -> Publication {
     Publication {
-        data: data(n),
+        data: RawValue::from_string(format!("{{\"n\":{n}}}")).expect("valid JSON"),
         info: None,
         offset: 0,
         tags: HashMap::new(),
     }
 }
 
-fn history_options(size: usize, ttl: Duration) -> PublishOptions {
+/// Options for a channel keeping `size` publications for `ttl` (its position for an hour).
+pub fn history_options(size: usize, ttl: Duration) -> PublishOptions {
     PublishOptions {
         history_size: size,
         history_ttl: ttl,
@@ -167,7 +190,8 @@ fn history_options(size: usize, ttl: Duration) -> PublishOptions {
     }
 }
 
-fn info(user: &str, client: &str) -> ClientInfo {
+/// A client's info without connection or channel info.
+pub fn info(user: &str, client: &str) -> ClientInfo {
     ClientInfo {
         user: user.into(),
         client: client.into(),
@@ -176,14 +200,37 @@ fn info(user: &str, client: &str) -> ClientInfo {
     }
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Waits up to `within` until `check` holds, looking every 10 ms; panics naming `what` when it
+/// still does not.
+pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    until_ok(what, within, || {
+        std::future::ready(if check() {
+            Ok(())
+        } else {
+            Err("the condition does not hold")
+        })
+    })
+    .await;
+}
+
+/// Calls `call` until it returns `Ok`, every 10 ms for up to `within`, and returns its value;
+/// panics naming `what` and the last error when the time is up. For conditions that need an
+/// async call, such as a read from the broker.
+pub async fn until_ok<T, E, F>(what: &str, within: Duration, mut call: impl FnMut() -> F) -> T
+where
+    E: std::fmt::Debug,
+    F: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {e:?}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -216,7 +263,10 @@ pub async fn publications_reach_subscribed_nodes(f: Fixture) {
         .publish(&ch, publication(1), &PublishOptions::default())
         .await
         .unwrap();
-    eventually("a publication", || f.events.publications(&ch).len() == 1).await;
+    eventually("a publication", DEADLINE, || {
+        f.events.publications(&ch).len() == 1
+    })
+    .await;
     assert_eq!(f.events.publications(&ch)[0].data.get(), "{\"n\":1}");
 }
 
@@ -228,18 +278,15 @@ pub async fn offsets_grow_by_one_in_order(f: Fixture) {
     let mut epoch = None;
     for n in 1..=20 {
         let pos = f.broker.publish(&ch, publication(n), &opts).await.unwrap();
-        assert_eq!(pos.offset, n as u64);
+        assert_eq!(pos.offset, n);
         assert!(!pos.epoch.is_empty());
         assert_eq!(epoch.get_or_insert_with(|| pos.epoch.clone()), &pos.epoch);
     }
-    eventually("20 publications", || f.events.publications(&ch).len() == 20).await;
-    let offsets: Vec<u64> = f
-        .events
-        .publications(&ch)
-        .iter()
-        .map(|p| p.offset)
-        .collect();
-    assert_eq!(offsets, (1..=20).collect::<Vec<u64>>());
+    eventually("20 publications", DEADLINE, || {
+        f.events.publications(&ch).len() == 20
+    })
+    .await;
+    assert_eq!(f.events.offsets(&ch), (1..=20).collect::<Vec<u64>>());
 }
 
 /// History answers with limit, since and reverse, and reports the top position.
@@ -272,45 +319,18 @@ pub async fn history_limit_since_and_reverse(f: Fixture) {
         }),
         ..HistoryFilter::default()
     };
-    let after: Vec<u64> = f
-        .broker
-        .history(&ch, &since, meta)
-        .await
-        .unwrap()
-        .publications
-        .iter()
-        .map(|p| p.offset)
-        .collect();
-    assert_eq!(after, vec![8, 9, 10]);
+    assert_eq!(f.history_offsets(&ch, &since).await, vec![8, 9, 10]);
     let newest_two = HistoryFilter {
         limit: Some(2),
         reverse: true,
         ..HistoryFilter::default()
     };
-    let rev: Vec<u64> = f
-        .broker
-        .history(&ch, &newest_two, meta)
-        .await
-        .unwrap()
-        .publications
-        .iter()
-        .map(|p| p.offset)
-        .collect();
-    assert_eq!(rev, vec![10, 9]);
+    assert_eq!(f.history_offsets(&ch, &newest_two).await, vec![10, 9]);
     let first_three = HistoryFilter {
         limit: Some(3),
         ..HistoryFilter::default()
     };
-    let first: Vec<u64> = f
-        .broker
-        .history(&ch, &first_three, meta)
-        .await
-        .unwrap()
-        .publications
-        .iter()
-        .map(|p| p.offset)
-        .collect();
-    assert_eq!(first, vec![1, 2, 3]);
+    assert_eq!(f.history_offsets(&ch, &first_three).await, vec![1, 2, 3]);
 }
 
 /// Only the newest `history_size` publications are kept.
@@ -333,16 +353,37 @@ pub async fn history_is_bounded_by_size(f: Fixture) {
 /// Publications disappear after `history_ttl`; the position stays.
 pub async fn history_expires_by_ttl(f: Fixture) {
     let ch = f.channel("ttl");
-    let opts = history_options(10, Duration::from_secs(1));
+    let ttl = Duration::from_secs(1);
+    let opts = history_options(10, ttl);
+    let all = HistoryFilter::default();
+    let meta = Duration::from_secs(3600);
+    let published = tokio::time::Instant::now();
     f.broker.publish(&ch, publication(1), &opts).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let h = f
-        .broker
-        .history(&ch, &HistoryFilter::default(), Duration::from_secs(3600))
-        .await
-        .unwrap();
-    assert!(h.publications.is_empty(), "expired publications are gone");
-    assert_eq!(h.position.offset, 1);
+    let fresh = f.broker.history(&ch, &all, meta).await.unwrap();
+    // Only a read that surely came before the TTL ran out (on a slow machine it may not have)
+    // must still find the publication.
+    if published.elapsed() < ttl / 2 {
+        assert_eq!(fresh.publications.len(), 1, "kept until its TTL");
+    }
+    // Every broker drops expired publications on read at the latest: wait for that (bounded)
+    // instead of sleeping past the TTL.
+    let expired = until_ok("the publication to expire", ttl + DEADLINE, || async {
+        let h = f
+            .broker
+            .history(&ch, &all, meta)
+            .await
+            .map_err(|e| e.to_string())?;
+        if h.publications.is_empty() {
+            Ok(h)
+        } else {
+            Err(format!("{} publications left", h.publications.len()))
+        }
+    })
+    .await;
+    assert_eq!(
+        expired.position.offset, 1,
+        "the position outlives the publications"
+    );
 }
 
 /// A position from another epoch cannot be recovered.
@@ -375,7 +416,10 @@ pub async fn channels_without_history_have_no_offsets(f: Fixture) {
         .await
         .unwrap();
     assert_eq!(pos, StreamPosition::default());
-    eventually("a publication", || f.events.publications(&ch).len() == 1).await;
+    eventually("a publication", DEADLINE, || {
+        f.events.publications(&ch).len() == 1
+    })
+    .await;
     assert_eq!(f.events.publications(&ch)[0].offset, 0);
 }
 
@@ -392,9 +436,15 @@ pub async fn idempotent_publish_is_published_once(f: Fixture) {
     opts.idempotency_key = Some("key-2".into());
     let third = f.broker.publish(&ch, publication(2), &opts).await.unwrap();
     assert_eq!(third.offset, first.offset + 1);
-    eventually("two publications", || f.events.publications(&ch).len() == 2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(f.events.publications(&ch).len(), 2);
+    // That nothing more arrives needs no sleep: had the retry been published, it would have been
+    // published before the third publication, by the same publisher into the same channel, and
+    // such publications are delivered in order. Once the third one is here, so would the retry
+    // be.
+    eventually("the third publication", DEADLINE, || {
+        f.events.offsets(&ch).contains(&third.offset)
+    })
+    .await;
+    assert_eq!(f.events.offsets(&ch), [first.offset, third.offset]);
 }
 
 /// Removing history drops publications but not the stream position.
@@ -443,17 +493,36 @@ pub async fn presence_add_remove_and_stats(f: Fixture) {
 /// Entries that are not refreshed disappear after their TTL (a dead node's clients).
 pub async fn presence_entries_expire(f: Fixture) {
     let ch = f.channel("presence-ttl");
+    let ttl = Duration::from_secs(1);
+    let added = tokio::time::Instant::now();
     f.presence
-        .add_presence(&ch, &info("u1", "c1"), Duration::from_secs(1))
+        .add_presence(&ch, &info("u1", "c1"), ttl)
         .await
         .unwrap();
     f.presence
         .add_presence(&ch, &info("u2", "c2"), Duration::from_secs(60))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let p = f.presence.presence(&ch).await.unwrap();
-    assert_eq!(p.keys().collect::<Vec<_>>(), vec!["c2"]);
+    let clients = |p: HashMap<String, ClientInfo>| {
+        let mut clients: Vec<String> = p.into_keys().collect();
+        clients.sort();
+        clients
+    };
+    let fresh = clients(f.presence.presence(&ch).await.unwrap());
+    // As with history: only a read that surely came before the TTL ran out must see both.
+    if added.elapsed() < ttl / 2 {
+        assert_eq!(fresh, ["c1", "c2"], "kept until its TTL");
+    }
+    // Every store drops expired entries on read at the latest: wait for that (bounded).
+    until_ok("c1's entry to expire", ttl + DEADLINE, || async {
+        let present = clients(f.presence.presence(&ch).await.map_err(|e| e.to_string())?);
+        if present == ["c2"] {
+            Ok(())
+        } else {
+            Err(format!("present: {present:?}"))
+        }
+    })
+    .await;
 }
 
 /// Joins and leaves reach subscribed nodes.
@@ -462,7 +531,7 @@ pub async fn joins_and_leaves_are_delivered(f: Fixture) {
     f.broker.subscribe(&ch).await.unwrap();
     f.broker.publish_join(&ch, &info("u", "c")).await.unwrap();
     f.broker.publish_leave(&ch, &info("u", "c")).await.unwrap();
-    eventually("a join and a leave", || {
+    eventually("a join and a leave", DEADLINE, || {
         f.events.joins(&ch) == 1 && f.events.leaves(&ch) == 1
     })
     .await;
@@ -490,15 +559,9 @@ pub async fn concurrent_publishers_keep_offset_order(f: Fixture) {
     for t in tasks {
         t.await.unwrap();
     }
-    eventually("200 publications", || {
+    eventually("200 publications", DEADLINE, || {
         f.events.publications(&ch).len() == 200
     })
     .await;
-    let offsets: Vec<u64> = f
-        .events
-        .publications(&ch)
-        .iter()
-        .map(|p| p.offset)
-        .collect();
-    assert_eq!(offsets, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(f.events.offsets(&ch), (1..=200).collect::<Vec<u64>>());
 }

@@ -46,7 +46,7 @@ struct Stream {
 impl Stream {
     fn new(now: Instant, meta_ttl: Duration) -> Self {
         Self {
-            epoch: new_epoch(),
+            epoch: MemoryBroker::new_epoch(),
             top: 0,
             publications: VecDeque::new(),
             meta_expires: now + meta_ttl,
@@ -74,11 +74,6 @@ impl Stream {
             epoch: self.epoch.clone(),
         }
     }
-}
-
-fn new_epoch() -> String {
-    // Eight hex digits of a v4 UUID: unique enough to tell streams of one channel apart.
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
 fn meta_ttl_or_default(ttl: Duration) -> Duration {
@@ -123,6 +118,13 @@ impl MemoryBroker {
     /// A new broker; [`crate::Hub::new`] starts it.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new stream epoch: eight hex digits of a v4 UUID, unique enough to tell the streams of
+    /// one channel apart. The Redis and NATS brokers use it too, so every broker's epochs look
+    /// alike.
+    pub fn new_epoch() -> String {
+        uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
     }
 
     fn shard_index(&self, channel: &str) -> usize {
@@ -197,11 +199,7 @@ impl MemoryBroker {
         now: Instant,
     ) -> Result<StreamPosition, BrokerError> {
         let events = self.events()?.clone();
-        let idempotency = options
-            .idempotency_key
-            .as_ref()
-            .filter(|k| !k.is_empty() && !options.idempotent_result_ttl.is_zero());
-        if !options.uses_history() && idempotency.is_none() {
+        if !options.uses_channel_state() {
             events.publication(channel, &publication);
             return Ok(StreamPosition::default());
         }
@@ -209,6 +207,7 @@ impl MemoryBroker {
         let stream = self.stream(channel, now, meta_ttl);
         let mut s = stream.lock();
         s.drop_expired(now);
+        let idempotency = options.idempotency();
         if let Some(key) = idempotency {
             if let Some((position, _)) = s.idempotency.get(key) {
                 return Ok(position.clone());
@@ -229,7 +228,7 @@ impl MemoryBroker {
         };
         if let Some(key) = idempotency {
             s.idempotency.insert(
-                key.clone(),
+                key.to_string(),
                 (position.clone(), now + options.idempotent_result_ttl),
             );
         }

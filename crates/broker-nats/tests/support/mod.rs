@@ -1,13 +1,19 @@
 //! Shared fixtures: brokers against the local NATS (127.0.0.1:4222, or `NATS_URL`) with a
-//! unique prefix per broker, and cleanup of what they stored.
+//! unique prefix per broker, cleanup of what they stored, and the hub's test helpers (an event
+//! recorder, polling with a deadline, sample publications).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use switchboard_broker_nats::{NatsBroker, NatsConfig};
+
+/// The hub's test helpers, shared with the conformance suite and the Redis broker's tests.
+pub use switchboard_hub::conformance::{
+    eventually, info, publication, RecordingEvents as Recorder,
+};
 
 /// The NATS server the tests use.
 pub fn nats_url() -> String {
@@ -82,92 +88,7 @@ pub async fn with_cleanup<F: std::future::Future<Output = ()>>(cleanup: &Cleanup
     }
 }
 
-/// Everything a broker delivered, for tests that look at more than the conformance suite does.
-#[derive(Default)]
-pub struct Recorder {
-    pub publications: Mutex<Vec<(String, switchboard_proto::Publication)>>,
-    pub joins: Mutex<Vec<(String, String)>>,
-    pub leaves: Mutex<Vec<(String, String)>>,
-    pub gaps: Mutex<Vec<String>>,
-    pub control: Mutex<Vec<Vec<u8>>>,
-}
-
-impl Recorder {
-    pub fn offsets(&self, channel: &str) -> Vec<u64> {
-        self.publications
-            .lock()
-            .iter()
-            .filter(|(c, _)| c == channel)
-            .map(|(_, p)| p.offset)
-            .collect()
-    }
-
-    pub fn gaps(&self, channel: &str) -> usize {
-        self.gaps.lock().iter().filter(|c| *c == channel).count()
-    }
-}
-
-impl switchboard_hub::BrokerEvents for Recorder {
-    fn publication(&self, channel: &str, publication: &switchboard_proto::Publication) {
-        self.publications
-            .lock()
-            .push((channel.to_string(), publication.clone()));
-    }
-    fn join(&self, channel: &str, info: &switchboard_proto::ClientInfo) {
-        self.joins
-            .lock()
-            .push((channel.to_string(), info.client.clone()));
-    }
-    fn leave(&self, channel: &str, info: &switchboard_proto::ClientInfo) {
-        self.leaves
-            .lock()
-            .push((channel.to_string(), info.client.clone()));
-    }
-    fn gap(&self, channel: &str) {
-        self.gaps.lock().push(channel.to_string());
-    }
-    fn control(&self, message: &[u8]) {
-        self.control.lock().push(message.to_vec());
-    }
-}
-
-/// Waits up to `within` for `check`.
-pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A publication with `{"n":n}` as data.
-pub fn publication(n: u64) -> switchboard_proto::Publication {
-    switchboard_proto::Publication {
-        data: serde_json::value::RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
-        info: None,
-        offset: 0,
-        tags: Default::default(),
-    }
-}
-
-/// Options for a channel with history.
+/// Options for a channel with history: 100 publications for 5 minutes.
 pub fn history_options() -> switchboard_hub::PublishOptions {
-    let mut o = switchboard_hub::PublishOptions::default();
-    o.history_size = 100;
-    o.history_ttl = Duration::from_secs(300);
-    o.history_meta_ttl = Duration::from_secs(3600);
-    o
-}
-
-/// A client's presence info.
-pub fn info(user: &str, client: &str) -> switchboard_proto::ClientInfo {
-    switchboard_proto::ClientInfo {
-        user: user.into(),
-        client: client.into(),
-        conn_info: None,
-        chan_info: None,
-    }
+    switchboard_hub::conformance::history_options(100, Duration::from_secs(300))
 }

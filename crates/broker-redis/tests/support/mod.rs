@@ -1,7 +1,8 @@
 //! Shared fixtures: unique prefixes on the shared local Redis, private `redis-server` processes
-//! (standalone, sentinel, cluster) on spare ports, an event recorder, key cleanup.
+//! (standalone, sentinel, cluster) on spare ports, key cleanup, and the hub's test helpers (an
+//! event recorder, polling with a deadline, sample publications).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,7 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_broker_redis::{RedisBroker, RedisConfig};
-use switchboard_hub::Broker;
+use switchboard_hub::{Broker, PublishOptions};
+
+/// The hub's test helpers, shared with the conformance suite and the NATS broker's tests.
+pub use switchboard_hub::conformance::{
+    eventually, info, publication, until_ok, RecordingEvents as Recorder,
+};
 
 /// The shared local Redis every developer machine and CI has.
 pub const LOCAL_REDIS: &str = "redis://127.0.0.1:6379";
@@ -95,36 +101,24 @@ pub fn key_count(url: &str, prefix: &str) -> usize {
     keys(url, prefix).len()
 }
 
-/// Waits up to `within` for `check`.
-pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Publishes a publication without history into `channel` and waits until `events` has it: the
+/// broker publishes and receives (again).
+pub async fn delivers(broker: &RedisBroker, events: &Recorder, channel: &str) {
+    let before = events.publications(channel).len();
+    broker
+        .publish(channel, publication(1), &PublishOptions::default())
+        .await
+        .unwrap();
+    eventually("the publication", Duration::from_secs(5), || {
+        events.publications(channel).len() == before + 1
+    })
+    .await;
 }
 
-/// Calls `call` until it succeeds, for up to `within`; returns its value.
-pub async fn until_ok<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
-    what: &str,
-    within: Duration,
-    mut call: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {e:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Options for a channel with history: 10 publications for a minute.
+pub fn history_options() -> PublishOptions {
+    switchboard_hub::conformance::history_options(10, Duration::from_secs(60))
 }
-
-/// Records every event (the hub's recorder, shared with the conformance suite).
-pub use switchboard_hub::conformance::RecordingEvents as Recorder;
 
 /// A port that is free now, whose cluster bus port (+10000) is free too.
 pub fn spare_port() -> u16 {

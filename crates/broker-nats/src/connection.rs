@@ -1,0 +1,163 @@
+//! The NATS connection: connecting (and reconnecting forever in the background), whether it is
+//! up, round trips, NATS calls bounded by the request timeout, and the task that handles
+//! connection events (after a reconnect every subscribed channel gets a gap and the JetStream
+//! stream and buckets are set up again; idle publish locks are swept on a timer).
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use switchboard_hub::{BrokerError, BrokerEvents};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::broker::Shared;
+use crate::config::{ConfigError, NatsConfig};
+
+/// How often idle per-channel publish locks are dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A NATS failure as [`BrokerError::Unavailable`].
+pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("nats {what}: {e}"))
+}
+
+/// Creates the NATS client for node `node_id`: it connects (and reconnects) in the background;
+/// its connection events arrive on the returned receiver. Fails only for an invalid URL.
+pub(crate) async fn connect(
+    config: &NatsConfig,
+    node_id: &str,
+) -> Result<(Client, UnboundedReceiver<Event>), ConfigError> {
+    let addrs = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<ServerAddr>()
+                .map_err(|e| ConfigError(format!("url {u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (event_tx, event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = ConnectOptions::new()
+        .name(format!("switchboard {node_id}"))
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64).saturating_mul(100).min(2000))
+        })
+        .event_callback(move |event| {
+            let tx = event_tx.clone();
+            async move {
+                let _ = tx.send(event);
+            }
+        });
+    let client = options
+        .connect(addrs)
+        .await
+        .map_err(|e| ConfigError(format!("url: {e}")))?;
+    Ok((client, event_rx))
+}
+
+impl Shared {
+    pub(crate) fn events(&self) -> Result<Arc<dyn BrokerEvents>, BrokerError> {
+        self.events
+            .get()
+            .cloned()
+            .ok_or_else(|| BrokerError::Unavailable("broker not started".into()))
+    }
+
+    pub(crate) fn check_connected(&self) -> Result<(), BrokerError> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            State::Pending => Err(BrokerError::Unavailable("nats: not connected yet".into())),
+            State::Disconnected => Err(BrokerError::Unavailable("nats: disconnected".into())),
+        }
+    }
+
+    /// A round trip to the server: once it returns, the server has processed everything this
+    /// connection sent before (a flush only writes the socket). A request to a subject nobody
+    /// serves comes back at once with "no responders".
+    pub(crate) async fn round_trip(&self) -> Result<(), BrokerError> {
+        self.check_connected()?;
+        let request = self
+            .client
+            .request(self.names.sync.clone(), bytes::Bytes::new());
+        match tokio::time::timeout(self.config.request_timeout, request).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Ok(Err(e)) => Err(unavailable("round trip", e)),
+            Err(_) => Err(unavailable("round trip", "timed out")),
+        }
+    }
+
+    /// Runs one NATS operation with the request timeout; errors become
+    /// [`BrokerError::Unavailable`].
+    pub(crate) async fn bounded<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        op: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, BrokerError> {
+        match tokio::time::timeout(self.config.request_timeout, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(what, e)),
+            Err(_) => Err(unavailable(what, "timed out")),
+        }
+    }
+}
+
+/// Handles connection events: after every (re)connect, tells subscribers of every channel this
+/// node is subscribed to that they may have missed publications, and makes sure the JetStream
+/// stream and buckets exist. Also sweeps idle publish locks.
+pub(crate) async fn run_events(shared: Weak<Shared>, mut events: UnboundedReceiver<Event>) {
+    // Gaps are possible only after a connection was lost (not after the first connect).
+    let mut lost = false;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = sweep.tick() => {
+                match shared.upgrade() {
+                    Some(shared) => shared.sweep(),
+                    None => return,
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match event {
+            Event::Connected => {
+                tracing::info!(url = %shared.config.url, "nats connected");
+                // The client queued its resubscriptions before reporting the connection:
+                // after a round trip, publications reach this node again.
+                let _ = shared.round_trip().await;
+                if shared.config.history {
+                    if let Err(e) = shared.store().await {
+                        tracing::warn!(error = %e, "nats jetstream setup failed; retried on use");
+                    }
+                }
+                if std::mem::take(&mut lost) {
+                    let channels: Vec<String> =
+                        shared.subscriptions.lock().keys().cloned().collect();
+                    if let Some(events) = shared.events.get() {
+                        for channel in &channels {
+                            events.gap(channel);
+                        }
+                    }
+                }
+            }
+            Event::Disconnected => {
+                lost = true;
+                tracing::warn!(url = %shared.config.url, "nats disconnected");
+            }
+            other => tracing::debug!(event = %other, "nats event"),
+        }
+    }
+}
