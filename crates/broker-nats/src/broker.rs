@@ -11,7 +11,7 @@
 //! control messages).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::codec;
 use crate::config::{ConfigError, NatsConfig};
-use crate::connection::{self, run_events};
+use crate::connection::{self, run_events, run_probe};
 use crate::offsets::ChannelState;
 use crate::pubsub::ChannelSub;
 use crate::store::{Names, Store};
@@ -65,8 +65,12 @@ pub(crate) struct Shared {
     pub(crate) channels: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ChannelState>>>>,
     pub(crate) control: Mutex<Option<Subscriber>>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// False while the health probe gets no answer (see `connection::run_probe`).
+    pub(crate) answering: AtomicBool,
     pub(crate) warned_presence_ttl: AtomicBool,
     pub(crate) warned_idempotency_ttl: AtomicBool,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) hooks: crate::hooks::Hooks,
 }
 
 impl Drop for Shared {
@@ -108,17 +112,25 @@ impl NatsBroker {
             channels: Mutex::new(HashMap::new()),
             control: Mutex::new(Some(control)),
             tasks: Mutex::new(Vec::new()),
+            answering: AtomicBool::new(true),
             warned_presence_ttl: AtomicBool::new(false),
             warned_idempotency_ttl: AtomicBool::new(false),
+            #[cfg(feature = "test-hooks")]
+            hooks: Default::default(),
         });
         let task = tokio::spawn(run_events(Arc::downgrade(&shared), event_rx));
+        shared.tasks.lock().push(task);
+        let task = tokio::spawn(run_probe(Arc::downgrade(&shared)));
         shared.tasks.lock().push(task);
         Ok(Self { shared })
     }
 
-    /// Whether the connection to NATS is up right now.
+    /// Whether the connection to NATS is up right now and the server answered the last health
+    /// probe (see [`NatsConfig::health_check_interval`]): false while the server is frozen or
+    /// otherwise not answering, even if the client has not noticed a broken connection yet.
     pub fn is_connected(&self) -> bool {
         self.shared.client.connection_state() == State::Connected
+            && self.shared.answering.load(Ordering::Acquire)
     }
 
     /// Waits up to `within` until NATS is connected and (with `history`) the JetStream stream

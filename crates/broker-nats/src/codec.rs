@@ -172,6 +172,20 @@ pub(crate) struct Meta {
     /// `top - size`, whatever the lazily trimmed stream still holds.
     #[serde(default)]
     pub(crate) size: u64,
+    /// Offsets given out whose append may still be under way: readers do not report a
+    /// position that includes one of them before it is readable (see `history`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pending: Vec<Pending>,
+}
+
+/// An offset given out and the time (ms since the Unix epoch) by which its publisher has
+/// either appended it or given up.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Pending {
+    /// The offset.
+    pub(crate) o: u64,
+    /// Its deadline.
+    pub(crate) d: u64,
 }
 
 impl Meta {
@@ -182,6 +196,7 @@ impl Meta {
             top: 0,
             expires: now.saturating_add(ttl_ms),
             size: 0,
+            pending: Vec::new(),
         }
     }
 

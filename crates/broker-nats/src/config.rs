@@ -29,6 +29,12 @@ pub struct NatsConfig {
     /// after at most this. Default 2s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How often the connection is probed with a round trip. A server that does not answer a
+    /// probe within `request_timeout` (frozen, overloaded, or a dead link the client has not
+    /// noticed yet) makes the broker report itself not connected (`/health` answers 503) until
+    /// a probe succeeds again; each change is logged once. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
     /// Keep history, stream positions, idempotency keys and presence in JetStream. Default true.
     /// When false the broker only carries publications, joins, leaves and control messages
     /// between nodes: history, positioned publishes, idempotent publishes and presence are
@@ -69,6 +75,7 @@ impl Default for NatsConfig {
             prefix: "switchboard".into(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(2),
+            health_check_interval: Duration::from_secs(1),
             history: true,
             history_max_age: Duration::from_secs(7 * 24 * 3600),
             meta_max_age: Duration::from_secs(30 * 24 * 3600),
@@ -105,6 +112,7 @@ impl NatsConfig {
         for (name, value) in [
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),
+            ("health_check_interval", self.health_check_interval),
             ("history_max_age", self.history_max_age),
             ("meta_max_age", self.meta_max_age),
             ("presence_max_age", self.presence_max_age),

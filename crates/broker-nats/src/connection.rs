@@ -1,9 +1,12 @@
 //! The NATS connection: connecting (and reconnecting forever in the background), whether it is
 //! up, round trips, NATS calls bounded by the request timeout, and the task that handles
 //! connection events (after a reconnect every subscribed channel gets a gap and the JetStream
-//! stream and buckets are set up again; idle publish locks are swept on a timer).
+//! stream and buckets are set up again; idle publish locks are swept on a timer), and the health
+//! probe (a bounded round trip every `health_check_interval`: a server that stops answering,
+//! frozen for instance, is reported as not connected).
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -158,6 +161,49 @@ pub(crate) async fn run_events(shared: Weak<Shared>, mut events: UnboundedReceiv
                 tracing::warn!(url = %shared.config.url, "nats disconnected");
             }
             other => tracing::debug!(event = %other, "nats event"),
+        }
+    }
+}
+
+/// The health probe: every `health_check_interval`, while the client believes it is connected,
+/// a round trip bounded by `request_timeout`. A server that does not answer (frozen with
+/// SIGSTOP, overloaded, or behind a dead link the client has not noticed yet: it only notices
+/// after missed pings, minutes later) marks the broker as not answering, so that
+/// [`crate::NatsBroker::is_connected`] (and with it the node's `/health`) says so, until a probe
+/// is answered again. Each change is logged once.
+pub(crate) async fn run_probe(shared: Weak<Shared>) {
+    let interval = match shared.upgrade() {
+        Some(shared) => shared.config.health_check_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.client.connection_state() != State::Connected {
+            // Reported by the connection state itself; the next connection starts trusted
+            // (its own round trip just succeeded) until a probe says otherwise.
+            shared.answering.store(true, Ordering::Release);
+            continue;
+        }
+        let started = tokio::time::Instant::now();
+        let result = shared.round_trip().await;
+        let was = shared.answering.swap(result.is_ok(), Ordering::AcqRel);
+        match result {
+            Ok(()) if !was => tracing::info!(
+                url = %shared.config.url,
+                took = ?started.elapsed(),
+                "nats answering again"
+            ),
+            Err(e) if was => tracing::warn!(
+                url = %shared.config.url,
+                error = %e,
+                "nats not answering the health probe; reporting the broker unavailable"
+            ),
+            _ => {}
         }
     }
 }

@@ -13,7 +13,7 @@ use switchboard_hub::{BrokerError, HistoryFilter, HistoryResult, PublishOptions}
 use switchboard_proto::{Publication, StreamPosition};
 
 use crate::broker::Shared;
-use crate::codec::{self, ms, now_ms, token};
+use crate::codec::{self, ms, now_ms, token, Meta};
 use crate::connection::unavailable;
 use crate::idempotency;
 use crate::offsets::ChannelState;
@@ -79,18 +79,34 @@ impl Shared {
                 .await?;
             return Ok(StreamPosition::default());
         }
-        let meta = self.allocate(store, key, state, options).await?;
-        publication.offset = meta.top;
-        let expires = now_ms().saturating_add(ms(options.history_ttl));
-        let stored = codec::encode_stored(&meta.epoch, expires, publication);
         let history_subject = format!("{}{key}", self.names.history);
-        let ack = self
-            .js(
-                "history append",
-                self.js.publish(history_subject.clone(), stored.into()),
-            )
-            .await?;
-        self.js("history append", ack.into_future()).await?;
+        let mut attempt = 0;
+        let meta = loop {
+            attempt += 1;
+            let meta = self.allocate(store, key, state, options).await?;
+            publication.offset = meta.top;
+            match self
+                .append(&history_subject, key, &meta, publication, options)
+                .await
+            {
+                Ok(true) => break meta,
+                // The offset is already stored: an append of an earlier publish that was
+                // reported failed (and its offset given back) landed after all. Take the next.
+                Ok(false) if attempt < 3 => continue,
+                Ok(false) => {
+                    return Err(unavailable("history append", "offset taken repeatedly"));
+                }
+                Err(e) => {
+                    if !self.give_back(store, key, state, &meta).await {
+                        tracing::debug!(
+                            offset = meta.top,
+                            "offset of a failed append not given back; it stays a hole"
+                        );
+                    }
+                    return Err(e);
+                }
+            }
+        };
         let payload = codec::encode_publication(&meta.epoch, publication);
         self.bounded("publish", self.client.publish(subject, payload.into()))
             .await?;
@@ -106,6 +122,43 @@ impl Shared {
         Ok(meta.position())
     }
 
+    /// Stores `publication` (with `meta`'s epoch and offset) in the history stream. Its message
+    /// id names the channel, epoch and offset, so the stream stores an offset at most once (within
+    /// its duplicate window): `Ok(false)` when the offset was already stored.
+    async fn append(
+        &self,
+        history_subject: &str,
+        key: &str,
+        meta: &Meta,
+        publication: &Publication,
+        options: &PublishOptions,
+    ) -> Result<bool, BrokerError> {
+        #[cfg(feature = "test-hooks")]
+        self.hooks.before_append().await?;
+        let expires = now_ms().saturating_add(ms(options.history_ttl));
+        let stored = codec::encode_stored(&meta.epoch, expires, publication);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{key}.{}.{}", meta.epoch, meta.top).as_str(),
+        );
+        let ack = self
+            .js(
+                "history append",
+                self.js
+                    .publish_with_headers(history_subject.to_string(), headers, stored.into()),
+            )
+            .await?;
+        let ack = self.js("history append", ack.into_future()).await?;
+        Ok(!ack.duplicate)
+    }
+
+    /// Reads history. The position reported never includes an offset that was given out but is
+    /// not readable yet (its append is under way): subscribers take everything up to the
+    /// position as delivered, so such an offset would be lost to them. Offsets pending in the
+    /// meta and missing from the stream are waited for (up to `request_timeout`); one still
+    /// missing then lowers the position to just below it. An offset missing past its pending
+    /// deadline is a hole (its publish failed) and is skipped.
     pub(crate) async fn history(
         &self,
         channel: &str,
@@ -114,66 +167,116 @@ impl Shared {
     ) -> Result<HistoryResult, BrokerError> {
         let store = self.store().await?;
         let key = token(channel);
-        let meta = self.current_meta(&store, &key, meta_ttl).await?;
-        let position = meta.position();
-        if let Some(since) = &filter.since {
-            if since.epoch != meta.epoch || since.offset > meta.top {
-                return Err(BrokerError::UnrecoverablePosition);
+        let wait_until = tokio::time::Instant::now() + self.config.request_timeout;
+        // Between reads while an offset is being appended: usually one short pause is enough.
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let meta = self.current_meta(&store, &key, meta_ttl).await?;
+            if let Some(since) = &filter.since {
+                if since.epoch != meta.epoch || since.offset > meta.top {
+                    return Err(BrokerError::UnrecoverablePosition);
+                }
             }
-        }
-        let limit = filter.limit.unwrap_or(usize::MAX);
-        if limit == 0 || meta.top == 0 {
+            let limit = filter.limit.unwrap_or(usize::MAX);
+            let now = now_ms();
+            let oldest = meta.top.saturating_sub(meta.size);
+            let pending: Vec<u64> = meta
+                .pending
+                .iter()
+                .filter(|p| p.d > now && p.o > oldest && p.o <= meta.top)
+                .map(|p| p.o)
+                .collect();
+            if meta.top == 0
+                || (limit == 0
+                    && (pending.is_empty()
+                        || self.top_is_stored(&store, &key, &meta, &pending).await))
+            {
+                let mut result = HistoryResult::default();
+                result.position = meta.position();
+                return Ok(result);
+            }
+            let messages = self
+                .read_subject(
+                    &store.history,
+                    format!("{}{key}", self.names.history),
+                    DeliverPolicy::All,
+                )
+                .await?;
+            // Newest copy first for each offset (an offset stored twice: see `give_back`).
+            let mut stored: Vec<(u64, Publication)> = messages
+                .iter()
+                .rev()
+                .filter_map(|m| codec::decode_stored(&m.payload))
+                .filter(|(epoch, _, p)| {
+                    *epoch == meta.epoch && p.offset > oldest && p.offset <= meta.top
+                })
+                .map(|(_, expires, p)| (expires, p))
+                .collect();
+            stored.sort_by_key(|(_, p)| p.offset);
+            stored.dedup_by_key(|(_, p)| p.offset);
+            let in_flight = pending
+                .iter()
+                .copied()
+                .filter(|o| stored.binary_search_by_key(o, |(_, p)| p.offset).is_err())
+                .min();
+            if in_flight.is_some() && tokio::time::Instant::now() < wait_until {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+                continue;
+            }
+            let top = in_flight.map_or(meta.top, |o| o - 1);
+            let now = now_ms();
+            let kept = stored
+                .into_iter()
+                .filter(|(expires, p)| *expires > now && p.offset <= top)
+                .map(|(_, p)| p);
+            let publications = if limit == 0 {
+                Vec::new()
+            } else if filter.reverse {
+                let before = filter.since.as_ref().map_or(u64::MAX, |p| p.offset);
+                kept.rev()
+                    .filter(|p| p.offset < before)
+                    .take(limit)
+                    .collect()
+            } else {
+                let after = filter.since.as_ref().map_or(0, |p| p.offset);
+                kept.filter(|p| p.offset > after).take(limit).collect()
+            };
             let mut result = HistoryResult::default();
-            result.position = position;
+            result.publications = publications;
+            result.position = StreamPosition {
+                offset: top,
+                epoch: meta.epoch,
+            };
             return Ok(result);
         }
-        let messages = self
-            .read_subject(
-                &store.history,
-                format!("{}{key}", self.names.history),
-                DeliverPolicy::All,
-            )
-            .await?;
-        let now = now_ms();
-        let oldest = meta.top.saturating_sub(meta.size);
-        let mut kept: Vec<Publication> = messages
-            .iter()
-            .filter_map(|m| codec::decode_stored(&m.payload))
-            .filter(|(epoch, expires, p)| {
-                *epoch == meta.epoch && *expires > now && p.offset > oldest && p.offset <= meta.top
-            })
-            .map(|(_, _, p)| p)
-            .collect();
-        kept.sort_by_key(|p| p.offset);
-        kept.dedup_by_key(|p| p.offset);
-        let publications = if filter.reverse {
-            let before = filter.since.as_ref().map_or(u64::MAX, |p| p.offset);
-            kept.into_iter()
-                .rev()
-                .filter(|p| p.offset < before)
-                .take(limit)
-                .collect()
-        } else {
-            let after = filter.since.as_ref().map_or(0, |p| p.offset);
-            kept.into_iter()
-                .filter(|p| p.offset > after)
-                .take(limit)
-                .collect()
-        };
-        let mut result = HistoryResult::default();
-        result.publications = publications;
-        result.position = position;
-        Ok(result)
+    }
+
+    /// Whether the only pending offsets are the top and the top is stored: one direct get of the
+    /// subject's last message (the usual case, the entry of this or another node's last
+    /// publish not yet dropped) instead of reading the whole subject.
+    async fn top_is_stored(&self, store: &Store, key: &str, meta: &Meta, pending: &[u64]) -> bool {
+        if pending.iter().any(|&o| o != meta.top) {
+            return false;
+        }
+        let subject = format!("{}{key}", self.names.history);
+        let last = store.history.direct_get_last_for_subject(subject);
+        match tokio::time::timeout(self.config.request_timeout, last).await {
+            Ok(Ok(message)) => codec::decode_stored(&message.payload)
+                .is_some_and(|(epoch, _, p)| epoch == meta.epoch && p.offset == meta.top),
+            _ => false,
+        }
     }
 
     pub(crate) async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let store = self.store().await?;
-        let subject = format!("{}{}", self.names.history, token(channel));
+        let key = token(channel);
+        let subject = format!("{}{key}", self.names.history);
         self.js(
             "history remove",
             store.history.purge().filter(subject).into_future(),
         )
         .await?;
-        Ok(())
+        self.clear_pending(&store, &key).await
     }
 }

@@ -28,6 +28,8 @@ mod config;
 mod connection;
 mod control;
 mod history;
+#[cfg(feature = "test-hooks")]
+mod hooks;
 mod idempotency;
 mod offsets;
 mod presence;

@@ -11,7 +11,7 @@ use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 use switchboard_hub::{BrokerError, PublishOptions, DEFAULT_META_TTL};
 
 use crate::broker::Shared;
-use crate::codec::{ms, now_ms, Meta};
+use crate::codec::{ms, now_ms, Meta, Pending};
 use crate::connection::unavailable;
 use crate::store::Store;
 
@@ -24,6 +24,20 @@ const CAS_ATTEMPTS: usize = 32;
 #[derive(Default)]
 pub(crate) struct ChannelState {
     meta: Option<(u64, Meta)>,
+    /// The offset this node gave out last: finished (appended, given back or abandoned) by the
+    /// time the lock is taken again, so the next allocation drops its pending entry.
+    last: Option<u64>,
+    /// Whether the publish of `last` failed without giving its offset back.
+    failed: bool,
+}
+
+/// How long after its allocation started an offset counts as possibly still being appended: the
+/// allocation and the append's two round trips take at most 3 × `request_timeout`; giving it back
+/// is only tried while a fourth fits before this deadline. The margin covers clock differences
+/// between nodes (deadlines are wall-clock milliseconds).
+pub(crate) fn pending_deadline(now: u64, request_timeout: Duration) -> u64 {
+    now.saturating_add(ms(request_timeout).saturating_mul(4))
+        .saturating_add(1000)
 }
 
 fn meta_ttl_or_default(ttl: Duration) -> Duration {
@@ -103,26 +117,127 @@ impl Shared {
         options: &PublishOptions,
     ) -> Result<Meta, BrokerError> {
         let ttl = ms(meta_ttl_or_default(options.history_meta_ttl));
+        let started = now_ms();
+        let deadline = pending_deadline(started, self.config.request_timeout);
+        let last = state.last.take();
+        let failed = std::mem::take(&mut state.failed);
         for _ in 0..CAS_ATTEMPTS {
             let (revision, current) = match state.meta.take() {
                 Some((revision, meta)) => (revision, Some(meta)),
-                None => self.read_meta(store, key).await?,
+                None => match self.read_meta(store, key).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        (state.last, state.failed) = (last, failed);
+                        return Err(e);
+                    }
+                },
             };
             let now = now_ms();
             let mut next = match current {
                 Some(meta) if meta.expires > now => meta,
                 _ => Meta::fresh(now, ttl),
             };
-            next.top += 1;
             next.expires = now.saturating_add(ttl);
             next.size = options.history_size as u64;
-            if let Some(revision) = self.write_meta(store, key, &next, revision).await? {
-                state.meta = Some((revision, next.clone()));
-                return Ok(next);
+            // This node's last offset is still the top, still pending (no reader counts it as
+            // abandoned yet) and its publish failed: it was never appended (or the append, should
+            // it land late, makes ours a duplicate). Use it again rather than leave a hole.
+            let reuse = failed
+                && last == Some(next.top)
+                && next.pending.iter().any(|p| {
+                    p.o == next.top && now.saturating_add(ms(self.config.request_timeout)) < p.d
+                });
+            if !reuse {
+                next.top += 1;
+            }
+            // Entries of finished appends: this node's previous one, and any past its deadline.
+            next.pending.retain(|p| p.d > now && Some(p.o) != last);
+            next.pending.push(Pending {
+                o: next.top,
+                d: deadline,
+            });
+            match self.write_meta(store, key, &next, revision).await {
+                Ok(Some(revision)) => {
+                    state.meta = Some((revision, next.clone()));
+                    state.last = Some(next.top);
+                    return Ok(next);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // The write may still be applied (a timed-out request the server gets
+                    // later): then the next allocation reuses or drops this offset.
+                    state.last = Some(next.top);
+                    state.failed = true;
+                    return Err(e);
+                }
             }
         }
         Err(BrokerError::Unavailable(
             "nats: too many concurrent publishers on one channel".into(),
+        ))
+    }
+
+    /// After a failed append of `meta.top` (allocated by [`Self::allocate`]): gives the offset
+    /// back, so that it does not stay a hole, if no other publisher took an offset since and
+    /// its pending deadline is still far enough (a reader that saw the deadline pass counts the
+    /// offset as abandoned and may report a position that includes it). Returns whether it was
+    /// given back. Should the failed append still land (a timed-out request the server applies
+    /// later), the next append with the same offset is refused as a duplicate (`Nats-Msg-Id`)
+    /// and takes a new offset.
+    pub(crate) async fn give_back(
+        &self,
+        store: &Store,
+        key: &str,
+        state: &mut ChannelState,
+        meta: &Meta,
+    ) -> bool {
+        // Unless given back below, the offset may be used again by this node's next publish.
+        state.failed = true;
+        let Some((revision, current)) = state.meta.take() else {
+            return false;
+        };
+        let Some(entry) = current.pending.iter().find(|p| p.o == meta.top) else {
+            return false;
+        };
+        if current.top != meta.top
+            || now_ms().saturating_add(ms(self.config.request_timeout)) >= entry.d
+        {
+            return false;
+        }
+        let mut back = current.clone();
+        back.top -= 1;
+        back.pending.retain(|p| p.o != meta.top);
+        match self.write_meta(store, key, &back, revision).await {
+            Ok(Some(revision)) => {
+                state.meta = Some((revision, back));
+                state.last = None;
+                state.failed = false;
+                true
+            }
+            Ok(None) | Err(_) => false,
+        }
+    }
+
+    /// After the channel's history was removed: forgets its pending offsets, which readers would
+    /// otherwise wait for and keep out of the position although they are gone for good. (A
+    /// publish whose append is under way while the history is removed loses that protection.)
+    pub(crate) async fn clear_pending(&self, store: &Store, key: &str) -> Result<(), BrokerError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (revision, current) = self.read_meta(store, key).await?;
+            let Some(mut meta) = current.filter(|m| !m.pending.is_empty()) else {
+                return Ok(());
+            };
+            meta.pending.clear();
+            if self
+                .write_meta(store, key, &meta, revision)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err(BrokerError::Unavailable(
+            "nats: too many concurrent writers on one channel".into(),
         ))
     }
 

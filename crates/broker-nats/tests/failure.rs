@@ -142,10 +142,15 @@ async fn nats_killed_and_restarted() {
         .await
         .unwrap();
     // The publish that timed out right after the kill had its offset claim queued in the
-    // client, which sent it after the reconnect: that offset (2) was used up without a
-    // publication. The stream goes on in the same epoch.
+    // client, which sent it after the reconnect. This node's next publish takes that offset (2)
+    // again while it is still pending (within 4 × request_timeout + 1s of the claim); later it
+    // would stay a hole. The stream goes on in the same epoch.
     assert_eq!(second.epoch, first.epoch);
     assert!(second.offset >= 2, "{second:?}");
+    eprintln!(
+        "the publication after the restart has offset {}",
+        second.offset
+    );
     eventually(
         "the publication after the restart",
         Duration::from_secs(5),
@@ -204,5 +209,124 @@ async fn nats_down_at_startup() {
         events.control().len() == 1
     })
     .await;
+    kill(server).await;
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("nats-server running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A frozen server (SIGSTOP) keeps its TCP connection open, so the client does not notice it for
+/// minutes; the health probe does: the broker reports itself not connected within
+/// `health_check_interval + request_timeout`, and connected again once the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_frozen_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = spare_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let server = start_nats(port, dir.path()).await;
+    let mut config = test_config(&url, &unique_prefix("frozen"));
+    config.request_timeout = Duration::from_millis(500);
+    config.health_check_interval = Duration::from_millis(200);
+    let broker = connect(config, "frozen", None).await;
+    broker.start(Arc::new(Recorder::default()));
+    // Several probes pass while the server answers.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(broker.is_connected());
+
+    signal(&server, "-STOP");
+    let stopped = Instant::now();
+    eventually(
+        "the frozen server to be noticed",
+        Duration::from_secs(3),
+        || !broker.is_connected(),
+    )
+    .await;
+    let noticed = stopped.elapsed();
+    eprintln!("frozen server noticed after {noticed:?}");
+    // interval + timeout, plus scheduling slack.
+    assert!(noticed <= Duration::from_millis(1200), "took {noticed:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!broker.is_connected(), "stays unavailable while frozen");
+
+    signal(&server, "-CONT");
+    let resumed = Instant::now();
+    eventually("the server to answer again", Duration::from_secs(3), || {
+        broker.is_connected()
+    })
+    .await;
+    eprintln!("resumed server noticed after {:?}", resumed.elapsed());
+    broker
+        .publish("room", publication(1), &history_options())
+        .await
+        .unwrap();
+    kill(server).await;
+}
+
+/// A publish whose append times out because the server is frozen, and that the server applies
+/// when it resumes: its offset is no hole. It was given back (or the give-back timed out too
+/// and is applied after the append): the next publish is refused the same offset as a duplicate
+/// (message id) and takes the one after, so recovery across it is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_during_a_freeze_leaves_no_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = spare_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let server = start_nats(port, dir.path()).await;
+    let mut config = test_config(&url, &unique_prefix("freeze"));
+    config.request_timeout = Duration::from_millis(500);
+    let broker = connect(config, "freeze", None).await;
+    let events = Arc::new(Recorder::default());
+    broker.start(events.clone());
+    let ch = "room";
+    broker.subscribe(ch).await.unwrap();
+    let first = broker
+        .publish(ch, publication(1), &history_options())
+        .await
+        .unwrap();
+
+    // The second publish has its offset; the server freezes before its append.
+    let hold = broker.hold_appends().await;
+    let publisher = broker.clone();
+    let second = tokio::spawn(async move {
+        publisher
+            .publish(ch, publication(2), &history_options())
+            .await
+    });
+    eventually(
+        "the publish to get its offset",
+        Duration::from_secs(5),
+        || broker.appends_waiting() == 1,
+    )
+    .await;
+    signal(&server, "-STOP");
+    drop(hold);
+    let failed = second.await.unwrap();
+    assert!(is_unavailable(&failed), "{failed:?}");
+    signal(&server, "-CONT");
+
+    let next = broker
+        .publish(ch, publication(3), &history_options())
+        .await
+        .unwrap();
+    assert_eq!(next.epoch, first.epoch);
+    let h = broker
+        .history(ch, &HistoryFilter::default(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let offsets: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
+    eprintln!("after the freeze: {offsets:?}, position {:?}", h.position);
+    // Contiguous from 1 to the position, whichever way it went.
+    assert_eq!(offsets, (1..=next.offset).collect::<Vec<_>>());
+    assert_eq!(h.position, next);
+    assert_eq!(
+        h.publications.last().unwrap().data.get(),
+        publication(3).data.get()
+    );
     kill(server).await;
 }
