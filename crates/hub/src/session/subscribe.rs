@@ -124,20 +124,23 @@ impl Client {
                 .history(&req.channel, &filter, options.history_meta_ttl)
                 .await
         };
+        // The stream's current position: a read of no publications.
+        let current = || async {
+            top(HistoryFilter {
+                limit: Some(0),
+                ..HistoryFilter::default()
+            })
+            .await
+            .map(|h| h.position)
+            .map_err(crate::hub::broker_error)
+        };
         let mut recovered = None;
         if req.recover {
             result.was_recovering = true;
             // An empty epoch means "any epoch" (the SDKs send it when the app only knows an
             // offset, e.g. `{offset: 0, epoch: ''}`): recover from the offset in the current one.
             let epoch = if req.epoch.is_empty() {
-                top(HistoryFilter {
-                    limit: Some(0),
-                    ..HistoryFilter::default()
-                })
-                .await
-                .map_err(crate::hub::broker_error)?
-                .position
-                .epoch
+                current().await?.epoch
             } else {
                 req.epoch.clone()
             };
@@ -175,15 +178,7 @@ impl Client {
         }
         let position = match recovered {
             Some(p) => p,
-            None => {
-                top(HistoryFilter {
-                    limit: Some(0),
-                    ..HistoryFilter::default()
-                })
-                .await
-                .map_err(crate::hub::broker_error)?
-                .position
-            }
+            None => current().await?,
         };
         result.offset = position.offset;
         result.epoch = position.epoch;
@@ -195,23 +190,31 @@ impl Client {
         let Some(sub) = self.subs.get(channel) else {
             return;
         };
-        let info = self.info_with(sub.info.clone());
         if sub.presence {
-            let ttl = self.hub.config().client.presence_ttl;
-            if let Err(e) = self
-                .hub
-                .inner
-                .presence
-                .add_presence(channel, &info, ttl)
-                .await
-            {
-                tracing::warn!(%channel, error = %e, "adding presence failed");
-            }
+            self.put_presence(channel, sub, "adding presence failed")
+                .await;
         }
+        let info = self.info_with(sub.info.clone());
         if sub.announce {
             if let Err(e) = self.hub.inner.broker.publish_join(channel, &info).await {
                 tracing::warn!(%channel, error = %e, "join announcement failed");
             }
+        }
+    }
+
+    /// Adds (or refreshes) this client's presence entry in `channel`; a failure is logged as
+    /// `failure` (presence is best effort: the subscription stands).
+    pub(super) async fn put_presence(&self, channel: &str, sub: &Subscription, failure: &str) {
+        let info = self.info_with(sub.info.clone());
+        let ttl = self.hub.config().client.presence_ttl;
+        if let Err(e) = self
+            .hub
+            .inner
+            .presence
+            .add_presence(channel, &info, ttl)
+            .await
+        {
+            tracing::warn!(%channel, error = %e, "{failure}");
         }
     }
 

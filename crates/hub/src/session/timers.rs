@@ -138,18 +138,9 @@ impl Client {
 
     /// Refreshes this client's presence entries before they expire.
     pub(super) async fn refresh_presence(&self) {
-        let ttl = self.hub.config().client.presence_ttl;
         for (channel, sub) in self.subs.iter().filter(|(_, s)| s.presence) {
-            let info = self.info_with(sub.info.clone());
-            if let Err(e) = self
-                .hub
-                .inner
-                .presence
-                .add_presence(channel, &info, ttl)
-                .await
-            {
-                tracing::warn!(%channel, error = %e, "refreshing presence failed");
-            }
+            self.put_presence(channel, sub, "refreshing presence failed")
+                .await;
         }
     }
 
