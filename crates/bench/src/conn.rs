@@ -21,6 +21,7 @@ use bytes::Bytes;
 use clap::ValueEnum;
 use memchr::memmem;
 use switchboard_ws::{ClientHandshake, Message, WsConfig, WsSocket};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// A WebSocket client connection.
@@ -143,6 +144,76 @@ impl Endpoint {
             Target::Socketio => socketio_open(&mut ws).await?,
         }
         Ok(ws)
+    }
+}
+
+/// `GET /health` of a Switchboard node over one kept-alive HTTP/1.1 connection: its
+/// `connections` field (WebSocket clients the node holds). Polling it every few
+/// milliseconds must not leave a socket in TIME_WAIT per poll, hence the one connection.
+pub(crate) struct HealthProbe {
+    addr: SocketAddr,
+    host: String,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl HealthProbe {
+    /// A probe of the node behind `ep` (connects on first use).
+    pub(crate) fn new(ep: &Endpoint) -> Self {
+        Self {
+            addr: ep.addr,
+            host: ep.host.clone(),
+            conn: None,
+        }
+    }
+
+    /// The node's current `connections`; reconnects once if the kept-alive connection
+    /// was closed.
+    pub(crate) async fn connections(&mut self) -> anyhow::Result<u64> {
+        match self.once().await {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                self.conn = None;
+                self.once().await
+            }
+        }
+    }
+
+    async fn once(&mut self) -> anyhow::Result<u64> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => {
+                let stream = TcpStream::connect(self.addr).await?;
+                stream.set_nodelay(true)?;
+                self.conn.insert(BufReader::new(stream))
+            }
+        };
+        let request = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        conn.get_mut().write_all(request.as_bytes()).await?;
+        // Status line and headers; /health always answers with a JSON body and its length
+        // (200 while serving, 503 while draining).
+        let mut length = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if conn.read_line(&mut line).await? == 0 {
+                bail!("health: connection closed");
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = Some(value.trim().parse::<usize>()?);
+                }
+            }
+        }
+        let mut body = vec![0; length.context("health: no content-length")?];
+        conn.read_exact(&mut body).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        v["connections"]
+            .as_u64()
+            .context("health: no `connections` in the answer")
     }
 }
 

@@ -6,10 +6,17 @@
 //! the parent only publishes and sums. Children talk to the parent over stdin/stdout lines:
 //! `READY {json}` when connected, `RECEIVED n` when asked with `REPORT`; they exit when their
 //! stdin closes.
+//!
+//! `--disconnect` then measures a mass disconnect: once the broadcast check is done, every
+//! connection is closed at once (the children are killed, or this process's pool is dropped)
+//! and the server's `GET /health` is polled every `--poll-ms` until its `connections` is back
+//! at the count read before connecting. `disconnect_all_ms` is the time from the close to
+//! that poll (so it is late by at most one poll interval and one request), with the server CPU
+//! time spent in between (switchboard target only: the others have no `/health`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -17,7 +24,7 @@ use serde_json::json;
 use switchboard_ws::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::conn;
+use crate::conn::{self, HealthProbe, Target};
 use crate::pool::{self, Layout, ReadyTotals, Shared};
 use crate::sys::{self, now_ns};
 use crate::Common;
@@ -45,6 +52,16 @@ pub(crate) struct IdleArgs {
     /// its open-files limit of sockets).
     #[arg(long, default_value_t = 1)]
     processes: usize,
+    /// After the broadcast check, close every connection at once and poll the server's
+    /// `GET /health` until it released them all: `disconnect_all_ms` (switchboard only).
+    #[arg(long)]
+    disconnect: bool,
+    /// `--disconnect`: milliseconds between two `GET /health` polls.
+    #[arg(long, default_value_t = 5)]
+    poll_ms: u64,
+    /// `--disconnect`: seconds to wait for the server to release every connection.
+    #[arg(long, default_value_t = 60.0)]
+    disconnect_wait: f64,
     /// Internal: run as a child of a multi-process run.
     #[arg(long, hide = true)]
     child: bool,
@@ -80,6 +97,11 @@ fn local_hold(a: &IdleArgs) -> anyhow::Result<()> {
         false,
         a.common.connect_concurrency,
     );
+    // The health probe's runtime, used before the pool starts and after it is dropped.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let release = rt.block_on(Release::open(a, &a.common.urls()))?;
     let rss_before = a.common.server_rss();
     let tool_rss_before = sys::self_rss_bytes().unwrap_or(0);
     let t0 = std::time::Instant::now();
@@ -93,9 +115,18 @@ fn local_hold(a: &IdleArgs) -> anyhow::Result<()> {
         let tool_rss = sys::self_rss_bytes().unwrap_or(0);
         let received = broadcast(&shared, &args.channel, args.broadcast_wait).await;
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
-        (connect_s, rss, tool_rss, received)
+        // The pool drops every connection as soon as this returns.
+        let cpu_at_close = args.common.server_cpu();
+        (
+            connect_s,
+            rss,
+            tool_rss,
+            received,
+            (Instant::now(), cpu_at_close),
+        )
     })?;
-    let (connect_s, rss_after, tool_rss, received) = out;
+    let (connect_s, rss_after, tool_rss, received, (closed, cpu_at_close)) = out;
+    let released = release.map(|r| rt.block_on(r.wait(a, closed, cpu_at_close)));
     report(
         a,
         Summary {
@@ -109,6 +140,7 @@ fn local_hold(a: &IdleArgs) -> anyhow::Result<()> {
             received: received.0,
             broadcast_error: received.3,
             errors: received.4,
+            released,
         },
     );
     Ok(())
@@ -169,6 +201,91 @@ struct Summary {
     received: usize,
     broadcast_error: Option<String>,
     errors: Vec<(String, u64)>,
+    released: Option<Released>,
+}
+
+/// `--disconnect`: a health probe per node and the nodes' connections before connecting.
+struct Release {
+    probes: Vec<HealthProbe>,
+    start: u64,
+}
+
+/// What `--disconnect` measured.
+struct Released {
+    start: u64,
+    /// Milliseconds from the close to the nodes reporting `start` again (None: not within
+    /// `--disconnect-wait`).
+    all_ms: Option<f64>,
+    /// Connections the nodes still held above `start` at the last poll.
+    remaining: u64,
+    server_cpu_s: Option<f64>,
+    polls: u64,
+    error: Option<String>,
+}
+
+impl Release {
+    /// Probes every node of `urls` when `--disconnect` is set and reads their count.
+    async fn open(a: &IdleArgs, urls: &[&str]) -> anyhow::Result<Option<Self>> {
+        if !a.disconnect {
+            return Ok(None);
+        }
+        if a.common.target != Target::Switchboard {
+            bail!("--disconnect polls the server's GET /health: --target switchboard only");
+        }
+        let mut urls = urls.to_vec();
+        urls.sort_unstable();
+        urls.dedup();
+        let mut probes = urls
+            .iter()
+            .map(|u| Ok(HealthProbe::new(&a.common.endpoint_at(u)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let start = count(&mut probes).await.context("GET /health")?;
+        Ok(Some(Self { probes, start }))
+    }
+
+    /// Polls until the nodes are back at their starting count; the connections were closed
+    /// at `closed`, when the servers had used `cpu_at_close` seconds of CPU.
+    async fn wait(mut self, a: &IdleArgs, closed: Instant, cpu_at_close: Option<f64>) -> Released {
+        let deadline = closed + Duration::from_secs_f64(a.disconnect_wait);
+        let mut out = Released {
+            start: self.start,
+            all_ms: None,
+            remaining: 0,
+            server_cpu_s: None,
+            polls: 0,
+            error: None,
+        };
+        loop {
+            out.polls += 1;
+            match count(&mut self.probes).await {
+                Ok(n) if n <= self.start => {
+                    out.all_ms = Some(closed.elapsed().as_secs_f64() * 1e3);
+                    out.remaining = 0;
+                    break;
+                }
+                Ok(n) => out.remaining = n - self.start,
+                Err(e) => out.error = Some(format!("{e:#}")),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(a.poll_ms)).await;
+        }
+        out.server_cpu_s = match (cpu_at_close, a.common.server_cpu()) {
+            (Some(before), Some(after)) => Some(after - before),
+            _ => None,
+        };
+        out
+    }
+}
+
+/// The nodes' summed `connections`.
+async fn count(probes: &mut [HealthProbe]) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for p in probes {
+        n += p.connections().await?;
+    }
+    Ok(n)
 }
 
 fn report(a: &IdleArgs, s: Summary) {
@@ -224,6 +341,26 @@ fn report(a: &IdleArgs, s: Summary) {
             .map(|e| format!(" (publisher: {e})"))
             .unwrap_or_default()
     );
+    let r = s.released.as_ref();
+    if let Some(r) = r {
+        match r.all_ms {
+            Some(ms) => eprintln!(
+                "  disconnect: the server released every connection {ms:.0} ms after the close \
+                 (server CPU {:.2}s, {} health polls)",
+                r.server_cpu_s.unwrap_or(0.0),
+                r.polls
+            ),
+            None => eprintln!(
+                "  disconnect: the server still held {} connections {:.0} s after the close{}",
+                r.remaining,
+                a.disconnect_wait,
+                r.error
+                    .as_deref()
+                    .map(|e| format!(" (health: {e})"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
     let line = json!({
         "scenario": "idle",
         "target": a.common.target,
@@ -241,6 +378,12 @@ fn report(a: &IdleArgs, s: Summary) {
         "tool_bytes_per_connection": tool_per_conn,
         "broadcast_received": s.received,
         "broadcast_error": s.broadcast_error,
+        "disconnect_start": r.map(|r| r.start),
+        "disconnect_all_ms": r.and_then(|r| r.all_ms),
+        "disconnect_remaining": r.map(|r| r.remaining),
+        "disconnect_server_cpu_s": r.and_then(|r| r.server_cpu_s),
+        "disconnect_polls": r.map(|r| r.polls),
+        "disconnect_error": r.and_then(|r| r.error.clone()),
     });
     println!("{line}");
 }
@@ -285,6 +428,7 @@ async fn parent(
     if urls.is_empty() {
         bail!("--url is empty");
     }
+    let release = Release::open(a, &urls).await?;
     let mut children = Vec::new();
     for i in 0..p {
         let mut cmd = a.common.child_command(
@@ -354,6 +498,19 @@ async fn parent(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
+    let released = match release {
+        Some(r) => {
+            // Killing the children closes all their sockets at once (the kernel does it as
+            // the processes exit).
+            let cpu_at_close = a.common.server_cpu();
+            let closed = Instant::now();
+            for (child, _, _) in &mut children {
+                let _ = child.start_kill();
+            }
+            Some(r.wait(a, closed, cpu_at_close).await)
+        }
+        None => None,
+    };
     report(
         a,
         Summary {
@@ -367,6 +524,7 @@ async fn parent(
             received,
             broadcast_error,
             errors,
+            released,
         },
     );
     for (mut child, stdin, _) in children {

@@ -5,7 +5,9 @@
 //!   deliveries/s, end-to-end latency percentiles, lost/duplicated/reordered messages.
 //! - `channels`: many channels with few subscribers each (the chat shape).
 //! - `idle`: N subscribed connections held; server RSS per connection (from /proc), our own
-//!   RSS, and a check that every connection still receives a broadcast.
+//!   RSS, and a check that every connection still receives a broadcast. With `--disconnect`,
+//!   then all of them closed at once and the time until the server released them
+//!   (`GET /health`).
 //! - `churn`: connect + subscribe + close cycles per second, sustained, with error counts.
 //!
 //! Every run is bounded in time and count and ends by itself. A human summary goes to
@@ -51,7 +53,8 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// Many channels with few subscribers each, one publisher round-robin over them.
     Channels(ChannelsArgs),
-    /// N subscribed connections held; memory per connection; one broadcast to all.
+    /// N subscribed connections held; memory per connection; one broadcast to all;
+    /// `--disconnect`: then all closed at once, time until the server released them.
     Idle(idle::IdleArgs),
     /// Connect + subscribe + close cycles per second, sustained.
     Churn(churn::ChurnArgs),
