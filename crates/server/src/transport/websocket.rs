@@ -296,16 +296,41 @@ where
     let mut last_write: Option<Instant> = None;
     let mut hold_until: Option<Instant> = None;
     loop {
-        // An idle session takes the next message read.
-        if let Session::Idle(_) = session {
+        // An idle session takes the messages read, one at a time. Frames whose commands complete
+        // at once (most do) run back to back, so their replies go out together; a frame that has
+        // to wait leaves the session busy and the loop below writes meanwhile.
+        while let Session::Idle(_) = session {
             match pending.pop_front() {
                 Some(Message::Text(text)) => {
                     session = session.start(Work::Frame(text));
+                    let Session::Busy(work) = &mut session else {
+                        break;
+                    };
+                    let Poll::Ready((client, result)) =
+                        poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+                    else {
+                        break;
+                    };
+                    session = Session::Idle(client);
+                    if let Err(code) = result {
+                        Box::pin(flush_queued(socket, &out)).await;
+                        return (code.into(), session);
+                    }
+                    if let Session::Idle(client) = &session {
+                        deadline = client.next_deadline();
+                    }
+                    timer.as_mut().reset(wakeup(deadline, hold_until).into());
                 }
                 Some(Message::Binary(_)) => return (DisconnectCode::BAD_REQUEST.into(), session),
                 Some(Message::Close(_)) => return (Ending::Closing, session),
-                Some(Message::Ping(_) | Message::Pong(_)) => continue,
-                None => {}
+                Some(Message::Ping(_) | Message::Pong(_)) => {}
+                None => {
+                    // Give back what a burst of messages grew, as the write side does.
+                    if pending.capacity() > 0 {
+                        pending = VecDeque::new();
+                    }
+                    break;
+                }
             }
         }
         let event = poll_fn(|cx| {
@@ -410,7 +435,11 @@ where
                 }
                 timer.as_mut().reset(wakeup(deadline, hold_until).into());
             }
-            Event::Read => pending.extend(incoming.drain(..)),
+            // Hands over the read buffer itself (no copy); `incoming` starts empty again.
+            Event::Read if pending.is_empty() => {
+                pending = VecDeque::from(std::mem::take(&mut incoming));
+            }
+            Event::Read => pending.extend(std::mem::take(&mut incoming)),
         }
     }
 }
