@@ -299,27 +299,20 @@ where
         // An idle session takes the messages read, one at a time. Frames whose commands complete
         // at once (most do) run back to back, so their replies go out together; a frame that has
         // to wait leaves the session busy and the loop below writes meanwhile.
+        // Work done at once skips the poll below (and its write) and is handled as `Done`.
+        let mut done_at_once = None;
         while let Session::Idle(_) = session {
             match pending.pop_front() {
                 Some(Message::Text(text)) => {
                     session = session.start(Work::Frame(text));
-                    let Session::Busy(work) = &mut session else {
-                        break;
-                    };
-                    let Poll::Ready((client, result)) =
-                        poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
-                    else {
-                        break;
-                    };
-                    session = Session::Idle(client);
-                    if let Err(code) = result {
-                        Box::pin(flush_queued(socket, &out)).await;
-                        return (code.into(), session);
+                    if let Session::Busy(work) = &mut session {
+                        if let Poll::Ready((client, result)) =
+                            poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+                        {
+                            done_at_once = Some(Event::Done(client, result));
+                        }
                     }
-                    if let Session::Idle(client) = &session {
-                        deadline = client.next_deadline();
-                    }
-                    timer.as_mut().reset(wakeup(deadline, hold_until).into());
+                    break;
                 }
                 Some(Message::Binary(_)) => return (DisconnectCode::BAD_REQUEST.into(), session),
                 Some(Message::Close(_)) => return (Ending::Closing, session),
@@ -333,54 +326,64 @@ where
                 }
             }
         }
-        let event = poll_fn(|cx| {
-            if hold_until.is_none() && !write_delay.is_zero() && !socket.has_pending_writes() {
-                if let Some(next) = last_write.map(|t| t + write_delay) {
-                    if out.poll_ready(cx).is_ready() && Instant::now() < next {
-                        return Poll::Ready(Event::Hold(next));
+        let event = match done_at_once {
+            Some(event) => event,
+            None => {
+                poll_fn(|cx| {
+                    if hold_until.is_none()
+                        && !write_delay.is_zero()
+                        && !socket.has_pending_writes()
+                    {
+                        if let Some(next) = last_write.map(|t| t + write_delay) {
+                            if out.poll_ready(cx).is_ready() && Instant::now() < next {
+                                return Poll::Ready(Event::Hold(next));
+                            }
+                        }
                     }
-                }
-            }
-            if socket.has_pending_writes() {
-                if let Poll::Ready(Err(e)) = socket.poll_flush(cx) {
-                    return Poll::Ready(Event::WriteFailed(e));
-                }
-            }
-            // A peer that stopped reading: the queue overflowed while nothing could be written.
-            if socket.has_pending_writes() {
-                if let Poll::Ready(code) = out.poll_overflowed(cx) {
-                    return Poll::Ready(Event::Closed(code));
-                }
-            }
-            let idle = matches!(session, Session::Idle(_));
-            // Drain the queue only while the socket keeps up; otherwise let the queue fill up
-            // to its limit (and the slow-consumer disconnect). Controls wait for an idle session.
-            if !socket.has_pending_writes() && hold_until.is_none() {
-                match out.poll_drain(cx, &mut batch, MAX_BATCH_ITEMS, idle) {
-                    Poll::Ready(Drained::Items) => return Poll::Ready(Event::Outbound),
-                    Poll::Ready(Drained::Controls) => return Poll::Ready(Event::Controls),
-                    Poll::Ready(Drained::Closed(code)) => return Poll::Ready(Event::Closed(code)),
-                    Poll::Pending => {}
-                }
-            }
-            match &mut session {
-                Session::Busy(work) => {
-                    if let Poll::Ready((client, result)) = work.as_mut().poll(cx) {
-                        return Poll::Ready(Event::Done(client, result));
+                    if socket.has_pending_writes() {
+                        if let Poll::Ready(Err(e)) = socket.poll_flush(cx) {
+                            return Poll::Ready(Event::WriteFailed(e));
+                        }
                     }
-                }
-                Session::Idle(_) => match socket.poll_read_messages(cx, &mut incoming) {
-                    Poll::Ready(Ok(())) => return Poll::Ready(Event::Read),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Event::ReadFailed(e)),
-                    Poll::Pending => {}
-                },
+                    // A peer that stopped reading: the queue overflowed while nothing could be written.
+                    if socket.has_pending_writes() {
+                        if let Poll::Ready(code) = out.poll_overflowed(cx) {
+                            return Poll::Ready(Event::Closed(code));
+                        }
+                    }
+                    let idle = matches!(session, Session::Idle(_));
+                    // Drain the queue only while the socket keeps up; otherwise let the queue fill up
+                    // to its limit (and the slow-consumer disconnect). Controls wait for an idle session.
+                    if !socket.has_pending_writes() && hold_until.is_none() {
+                        match out.poll_drain(cx, &mut batch, MAX_BATCH_ITEMS, idle) {
+                            Poll::Ready(Drained::Items) => return Poll::Ready(Event::Outbound),
+                            Poll::Ready(Drained::Controls) => return Poll::Ready(Event::Controls),
+                            Poll::Ready(Drained::Closed(code)) => {
+                                return Poll::Ready(Event::Closed(code))
+                            }
+                            Poll::Pending => {}
+                        }
+                    }
+                    match &mut session {
+                        Session::Busy(work) => {
+                            if let Poll::Ready((client, result)) = work.as_mut().poll(cx) {
+                                return Poll::Ready(Event::Done(client, result));
+                            }
+                        }
+                        Session::Idle(_) => match socket.poll_read_messages(cx, &mut incoming) {
+                            Poll::Ready(Ok(())) => return Poll::Ready(Event::Read),
+                            Poll::Ready(Err(e)) => return Poll::Ready(Event::ReadFailed(e)),
+                            Poll::Pending => {}
+                        },
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Timer);
+                    }
+                    Poll::Pending
+                })
+                .await
             }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Timer);
-            }
-            Poll::Pending
-        })
-        .await;
+        };
         match event {
             Event::Hold(until) => {
                 hold_until = Some(until);
