@@ -9,6 +9,8 @@
 //!   then all of them closed at once and the time until the server released them
 //!   (`GET /health`).
 //! - `churn`: connect + subscribe + close cycles per second, sustained, with error counts.
+//! - `soak`: N subscribed connections held for a long time while some reconnect and a
+//!   publisher publishes; server RSS trend and error counters sampled throughout.
 //!
 //! Every run is bounded in time and count and ends by itself. A human summary goes to
 //! stderr and exactly one JSON object per run to stdout, so scripts can parse stdout.
@@ -23,6 +25,7 @@ mod idle;
 mod pool;
 mod publisher;
 mod remote;
+mod soak;
 mod stats;
 mod sys;
 
@@ -58,6 +61,9 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// Connect + subscribe + close cycles per second, sustained.
     Churn(churn::ChurnArgs),
+    /// N subscribed connections for a long time with churn and publications; server RSS and
+    /// error counters sampled throughout (leaks and slow failures show as trends).
+    Soak(soak::SoakArgs),
 }
 
 /// Options every scenario has.
@@ -301,6 +307,7 @@ fn main() {
         }
         Scenario::Idle(a) => idle::run(&a),
         Scenario::Churn(a) => churn::run(&a),
+        Scenario::Soak(a) => soak::run(&a),
     };
     if let Err(e) = result {
         eprintln!("switchboard-bench: {e:#}");
