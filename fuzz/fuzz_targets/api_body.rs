@@ -1,5 +1,5 @@
 //! The server HTTP API (`POST /api/<method>`) with arbitrary bodies, driven in-process: the
-//! server's real axum router (`switchboard_server::app::router`) over an in-memory hub, called
+//! server's real axum router (`switchboard_http::app::router`) over an in-memory hub, called
 //! with `tower::ServiceExt::oneshot`, no sockets.
 //!
 //! Input: one flags byte, then the request body.
@@ -21,8 +21,8 @@ use axum::Router;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use switchboard_hub::{Hub, MemoryBroker};
-use switchboard_server::app::{self, AppState};
-use switchboard_server::config::Config;
+use switchboard_http::app::{self, AppState};
+use switchboard_http::config::Config;
 use tokio::runtime::Runtime;
 use tokio_util::task::TaskTracker;
 

@@ -1,4 +1,4 @@
-//! The client against the real server (`switchboard_server::Server`, development config, an
+//! The client against the real server (`switchboard_http::Server`, development config, an
 //! ephemeral port).
 
 use std::time::Duration;
@@ -7,8 +7,8 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 use switchboard_client::{Backoff, Client, ClientError, ClientEvent, SubscriptionEvent};
 use switchboard_proto::DisconnectCode;
-use switchboard_server::config::Config;
-use switchboard_server::Server;
+use switchboard_http::config::Config;
+use switchboard_http::Server;
 use tokio::sync::broadcast;
 use tokio::time::timeout;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchboard_server::config::{self, Config, LogFormat, Mode, Sources};
+use switchboard_http::config::{self, Config, LogFormat, Mode, Sources};
 use toml::Value;
 
 /// The first line of `--help`.
@@ -202,7 +202,7 @@ fn gentoken(args: GentokenArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match switchboard_server::token::generate(&config, &args.user, args.ttl) {
+    match switchboard_http::token::generate(&config, &args.user, args.ttl) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS
@@ -247,10 +247,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        match switchboard_server::Server::start(config).await {
+        match switchboard_http::Server::start(config).await {
             Ok(server) => {
                 server
-                    .run_until(switchboard_server::shutdown_signal())
+                    .run_until(switchboard_http::shutdown_signal())
                     .await;
                 ExitCode::SUCCESS
             }

@@ -31,7 +31,7 @@ allow_subscribe_for_client = true
     )
 }
 
-async fn start() -> switchboard_server::Server {
+async fn start() -> switchboard_http::Server {
     start_toml(&toml()).await
 }
 

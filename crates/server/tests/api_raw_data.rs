@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use support::{eventually, start_toml, Conn, TIMEOUT};
-use switchboard_server::Server;
+use switchboard_http::Server;
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "api-raw-data-key";

@@ -751,7 +751,7 @@ allow_subscribe_for_client = true
 allow_history_for_subscriber = true
 "#;
 
-async fn permission_clients() -> (switchboard_server::Server, Conn, Conn) {
+async fn permission_clients() -> (switchboard_http::Server, Conn, Conn) {
     let server = start_toml(PERMISSIONS_TOML).await;
     let user = Conn::connected_with_token(server.addr(), &token(json!({"sub": "1"}))).await;
     let anon = Conn::connected(server.addr()).await;

@@ -170,13 +170,13 @@ fn checkconfig_accepts_the_example_configuration() {
 
 #[test]
 fn the_example_configuration_loads_as_documented() {
-    let config = switchboard_server::config::load(&switchboard_server::config::Sources {
+    let config = switchboard_http::config::load(&switchboard_http::config::Sources {
         file: Some(example_config()),
         env: vec![],
         flags: vec![],
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.mode, switchboard_server::config::Mode::Production);
+    assert_eq!(config.mode, switchboard_http::config::Mode::Production);
     assert_eq!(config.address, "127.0.0.1:8000".parse().unwrap());
     assert!(!config.client.allow_anonymous);
     assert!(!config.client.token.hmac_secret_key.is_empty());

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use switchboard_server::config::BrokerKind;
+use switchboard_http::config::BrokerKind;
 
 #[tokio::test]
 async fn health_is_503_while_the_broker_is_unreachable() {

@@ -53,7 +53,7 @@ async fn client_that_never_connects_is_closed_with_3502() {
     conn.assert_alive().await;
 }
 
-fn with_fast_pings(c: &mut switchboard_server::config::Config) {
+fn with_fast_pings(c: &mut switchboard_http::config::Config) {
     c.client.ping_interval = Duration::from_secs(1);
     c.client.pong_timeout = Duration::from_millis(500);
 }

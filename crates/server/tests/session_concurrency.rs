@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::{config_from_toml, hub_publish, start_toml, Answer, Backend, Conn, Event, TIMEOUT};
-use switchboard_server::Server;
+use switchboard_http::Server;
 
 /// How long the subscribe proxy takes to answer.
 const PROXY_DELAY: Duration = Duration::from_millis(900);

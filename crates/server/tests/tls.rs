@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, ServerName};
-use switchboard_server::config::Config;
-use switchboard_server::Server;
+use switchboard_http::config::Config;
+use switchboard_http::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -127,7 +127,7 @@ fn checkconfig_reports_bad_tls_files() {
         "[tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
     )
     .unwrap();
-    let err = switchboard_server::config::load(&switchboard_server::config::Sources {
+    let err = switchboard_http::config::load(&switchboard_http::config::Sources {
         file: Some(path),
         env: vec![],
         flags: vec![],

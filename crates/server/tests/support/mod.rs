@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use switchboard_server::config::Config;
-use switchboard_server::Server;
+use switchboard_http::config::Config;
+use switchboard_http::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -474,13 +474,13 @@ where
 }
 
 /// A production-mode configuration loaded from `toml` the way the binary loads
-/// `switchboard.toml` (through [`switchboard_server::config::load`]), listening on
+/// `switchboard.toml` (through [`switchboard_http::config::load`]), listening on
 /// `127.0.0.1:0`, with pings off (so they never interleave with what a test waits for).
 pub(crate) fn config_from_toml(toml: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchboard.toml");
     std::fs::write(&path, toml).unwrap();
-    let mut config = switchboard_server::config::load(&switchboard_server::config::Sources {
+    let mut config = switchboard_http::config::load(&switchboard_http::config::Sources {
         file: Some(path),
         env: vec![],
         flags: vec![],
