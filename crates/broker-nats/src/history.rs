@@ -108,8 +108,16 @@ impl Shared {
             }
         };
         let payload = codec::encode_publication(&meta.epoch, publication);
-        self.bounded("publish", self.client.publish(subject, payload.into()))
-            .await?;
+        if let Err(e) = self
+            .bounded("publish", self.client.publish(subject, payload.into()))
+            .await
+        {
+            // The publication is stored with its offset: it is published, and answering with
+            // an error would make a retry publish it twice. Subscribed nodes that miss the live
+            // copy are positioned: the next publication shows them the gap, and a reconnect to
+            // NATS tells their subscribers to recover.
+            tracing::warn!(error = %e, offset = meta.top, "stored publication not sent live");
+        }
         // Trim lazily (reads only return the newest `size` offsets anyway): at most `size`
         // extra publications stay stored.
         let size = options.history_size as u64;
@@ -149,7 +157,14 @@ impl Shared {
                     .publish_with_headers(history_subject.to_string(), headers, stored.into()),
             )
             .await?;
-        let ack = self.js("history append", ack.into_future()).await?;
+        // The message was sent: without its acknowledgement, JetStream may have stored it.
+        let ack = self
+            .js("history append", ack.into_future())
+            .await
+            .map_err(|e| match e {
+                BrokerError::Unavailable(reason) => BrokerError::OutcomeUnknown(reason),
+                e => e,
+            })?;
         Ok(!ack.duplicate)
     }
 

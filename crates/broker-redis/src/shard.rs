@@ -201,6 +201,21 @@ struct Failed {
     /// is no longer a master, and a replica runs no writes; a script fails at its first write,
     /// before our scripts publish anything).
     maybe_applied: bool,
+    /// No answer came: the command timed out, or the connection broke after it was sent.
+    unanswered: bool,
+}
+
+impl Failed {
+    /// The error for the caller: [`BrokerError::OutcomeUnknown`] when Redis may have run the
+    /// command without our hearing back, else the error as it is.
+    fn into_error(self) -> BrokerError {
+        match self.error {
+            BrokerError::Unavailable(reason) if self.unanswered && self.maybe_applied => {
+                BrokerError::OutcomeUnknown(reason)
+            }
+            e => e,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -303,6 +318,7 @@ impl Shard {
                 Err(Failed {
                     maybe_applied: e.code() != Some("READONLY"),
                     error: self.unavailable(e),
+                    unanswered: broke,
                     broke,
                 })
             }
@@ -311,6 +327,7 @@ impl Shard {
                 error: self.unavailable("command timed out"),
                 broke: false,
                 maybe_applied: true,
+                unanswered: true,
             }),
         }
     }
@@ -347,7 +364,7 @@ impl Shard {
             Err(failed) => failed,
         };
         if !failed.broke || (replay == Replay::Unsafe && failed.maybe_applied) {
-            return Err(failed.error);
+            return Err(failed.into_error());
         }
         match self
             .next_connection(&mut watcher, generation, attempts)
@@ -357,9 +374,9 @@ impl Shard {
                 tracing::debug!(shard = self.index, "retrying a command on a new connection");
                 self.attempt(generation, call(conn))
                     .await
-                    .map_err(|f| f.error)
+                    .map_err(Failed::into_error)
             }
-            None => Err(failed.error),
+            None => Err(failed.into_error()),
         }
     }
 

@@ -11,8 +11,9 @@ use support::{
 use switchboard_broker_redis::RedisBroker;
 use switchboard_hub::{Broker, BrokerError, HistoryFilter, PresenceStore, PublishOptions};
 
-/// Runs every kind of call that needs Redis and checks each fails with `Unavailable` within
-/// `bound`. Returns the slowest.
+/// Runs every kind of call that needs Redis and checks each fails within `bound`, with
+/// `Unavailable` (not sent) or `OutcomeUnknown` (sent, no answer: a frozen Redis before the
+/// health ping noticed). Returns the slowest.
 async fn all_calls_unavailable(broker: &RedisBroker, bound: Duration) -> Duration {
     let mut slowest = Duration::ZERO;
     macro_rules! check {
@@ -21,7 +22,10 @@ async fn all_calls_unavailable(broker: &RedisBroker, bound: Duration) -> Duratio
             let result = $call;
             let took = t.elapsed();
             assert!(
-                matches!(result, Err(BrokerError::Unavailable(_))),
+                matches!(
+                    result,
+                    Err(BrokerError::Unavailable(_) | BrokerError::OutcomeUnknown(_))
+                ),
                 "{}: {:?}",
                 $what,
                 result.map(|_| ())
@@ -266,13 +270,14 @@ async fn broken_connection_repeats_only_what_is_safe_to_repeat() {
         .unwrap();
     assert_eq!(first.offset, 1);
 
-    // Without one, a broken pipe may hide a publish Redis ran: not repeated.
+    // Without one, a broken pipe may hide a publish Redis ran: not repeated, and the caller is
+    // told the outcome is unknown (here it did not run: the server had closed the connection).
     for options in [history_options(), PublishOptions::default()] {
         connected().await;
         server.kill_clients("normal");
         let result = broker.publish("ch", publication(2), &options).await;
         assert!(
-            matches!(result, Err(BrokerError::Unavailable(_))),
+            matches!(result, Err(BrokerError::OutcomeUnknown(_))),
             "{result:?}"
         );
     }
@@ -319,4 +324,42 @@ async fn write_refused_as_readonly_is_tried_once_more() {
     );
     let stats = demoted.cli(&["info", "errorstats"]);
     assert!(stats.contains("errorstat_READONLY:count=2"), "{stats}");
+}
+
+/// A publish sent to a frozen Redis times out, and Redis runs it once it resumes: the caller
+/// was told `OutcomeUnknown` (the API says "outcome unknown"), never a plain failure, because
+/// the publication was in fact made. Health pings are out of the way so that the command
+/// surely reaches the frozen server on the live connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_into_a_frozen_redis_is_outcome_unknown() {
+    let server = RedisServer::start();
+    let mut config = support::config(&[server.url()], &support::unique_prefix());
+    config.health_check_interval = Duration::from_secs(3600);
+    config.command_timeout = Duration::from_millis(300);
+    let (broker, events) = started(config, "node").await;
+    broker.subscribe("ch").await.unwrap();
+
+    server.pause();
+    let result = broker
+        .publish("ch", publication(1), &history_options())
+        .await;
+    assert!(
+        matches!(result, Err(BrokerError::OutcomeUnknown(_))),
+        "{result:?}"
+    );
+    server.resume();
+    // Made after all: in history (live subscribers got it, or were told of a gap if the
+    // pub/sub connection was replaced meanwhile).
+    let h = until_ok("history after the freeze", Duration::from_secs(5), || {
+        broker.history("ch", &HistoryFilter::default(), Duration::from_secs(60))
+    })
+    .await;
+    assert_eq!(h.publications.len(), 1, "{h:?}");
+    assert_eq!(h.publications[0].data.get(), publication(1).data.get());
+    eventually(
+        "delivered or reported as a gap",
+        Duration::from_secs(5),
+        || events.publications("ch").len() == 1 || !events.gaps().is_empty(),
+    )
+    .await;
 }

@@ -35,6 +35,13 @@ pub enum BrokerError {
     /// error 100 with `temporary: true`.
     #[error("broker temporarily unavailable: {0}")]
     Unavailable(String),
+    /// A write reached the broker, or may have, but no answer came (a timeout, or the
+    /// connection broke after the command was sent): it may have taken effect. Retrying is
+    /// safe only for idempotent writes (a publish with an idempotency key). A publish gets
+    /// error 100 "internal server error: outcome unknown" (`temporary: true`); other calls
+    /// get plain error 100.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// Per-publication options derived from the channel's namespace and the request.

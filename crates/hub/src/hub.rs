@@ -626,7 +626,7 @@ impl Hub {
             .broker
             .publish(channel, publication, &publish_options)
             .await
-            .map_err(broker_error)
+            .map_err(publish_error)
     }
 
     /// Checks that `channel` is a valid name in a known namespace (error 102 otherwise).
@@ -781,9 +781,20 @@ pub(crate) fn broker_error(e: BrokerError) -> ErrorCode {
     match e {
         BrokerError::NotAvailable => ErrorCode::NOT_AVAILABLE,
         BrokerError::UnrecoverablePosition => ErrorCode::UNRECOVERABLE_POSITION,
-        BrokerError::Unavailable(reason) => {
+        BrokerError::Unavailable(reason) | BrokerError::OutcomeUnknown(reason) => {
             tracing::warn!(%reason, "broker unavailable");
             ErrorCode::INTERNAL
         }
+    }
+}
+
+/// [`broker_error`] for a publish, which says when the publication may have been made.
+pub(crate) fn publish_error(e: BrokerError) -> ErrorCode {
+    match e {
+        BrokerError::OutcomeUnknown(reason) => {
+            tracing::warn!(%reason, "publish outcome unknown");
+            ErrorCode::OUTCOME_UNKNOWN
+        }
+        e => broker_error(e),
     }
 }

@@ -23,6 +23,12 @@ pub struct ErrorCode {
 impl ErrorCode {
     /// 100: something failed inside the server; retry later.
     pub const INTERNAL: Self = Self::new(100, "internal server error", true);
+    /// 100, with a message saying more: the command reached the broker (or may have) but no
+    /// answer came, so it may have taken effect. A `publish` answered with this may have been
+    /// published; retried with the same idempotency key it is published at most once. Counted
+    /// and documented as code 100 (it is not a separate entry of [`ErrorCode::ALL`]).
+    pub const OUTCOME_UNKNOWN: Self =
+        Self::new(100, "internal server error: outcome unknown", true);
     /// 101: the connection is not authenticated or the credentials are not accepted.
     pub const UNAUTHORIZED: Self = Self::permanent(101, "unauthorized");
     /// 102: the channel name is invalid or its namespace does not exist.
