@@ -17,6 +17,7 @@ use crate::broker::{
 use crate::channel::Namespaces;
 use crate::cluster::{ControlMessage, HubEvents, NodeList, NODE_INFO_INTERVAL};
 use crate::config::{HubConfig, NamespaceOptions};
+use crate::handlers::Handlers;
 use crate::interest::BrokerInterest;
 use crate::metrics::Metrics;
 use crate::outbound::Control;
@@ -146,6 +147,7 @@ pub(crate) struct Inner {
     pub(crate) config: HubConfig,
     pub(crate) connect_tokens: Option<TokenVerifier>,
     pub(crate) proxy: std::sync::OnceLock<Arc<dyn Proxy>>,
+    pub(crate) handlers: std::sync::OnceLock<Arc<dyn Handlers>>,
     pub(crate) subscription_tokens: Option<TokenVerifier>,
     pub(crate) namespaces: Namespaces,
     pub(crate) registry: Arc<Registry>,
@@ -242,6 +244,7 @@ impl Hub {
             Inner {
                 nodes: NodeList::default(),
                 proxy: std::sync::OnceLock::new(),
+                handlers: std::sync::OnceLock::new(),
                 connect_tokens,
                 subscription_tokens,
                 namespaces: Namespaces::new(&config.channel),
@@ -402,8 +405,14 @@ impl Hub {
         let _ = self.inner.proxy.set(proxy);
     }
 
-    /// Registers a new connection with the request headers to forward to proxies (only those
-    /// `proxy` forwards are kept, and only when a proxy is configured).
+    /// Installs the application's handlers (see [`crate::handlers`]). Only the first call has an
+    /// effect; install them before accepting connections.
+    pub fn set_handlers(&self, handlers: Arc<dyn Handlers>) {
+        let _ = self.inner.handlers.set(handlers);
+    }
+
+    /// Registers a new connection with the request headers to forward to proxies and handlers
+    /// (only those `proxy` forwards are kept, and only when a proxy or handlers are configured).
     pub fn accept_with_headers<'a>(
         &self,
         transport: TransportInfo,
@@ -411,7 +420,7 @@ impl Hub {
     ) -> Result<Client, DisconnectCode> {
         let mut client = self.accept(transport)?;
         let proxy = &self.inner.config.proxy;
-        if proxy.any() {
+        if proxy.any() || self.inner.handlers.get().is_some() {
             client.set_forwarded_headers(
                 headers
                     .into_iter()

@@ -26,7 +26,7 @@
 //! ```
 //!
 //! The hub owns the protocol's semantics: authentication (JWT connection and subscription tokens,
-//! or the backend proxies through the [`Proxy`] seam), namespaces and permissions, subscriptions
+//! the backend proxies through the [`Proxy`] seam, or the application's typed [`Handlers`]), namespaces and permissions, subscriptions
 //! with history, recovery and positioning, presence and join/leave, server-side actions for the
 //! server API, limits and metrics. What it deliberately does not do: sockets, HTTP and wire
 //! transports (the server crate), and any particular remote broker (the broker crates implement
@@ -39,6 +39,7 @@ pub mod cluster;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod handlers;
 mod hub;
 mod interest;
 mod memory;
@@ -54,6 +55,7 @@ pub use broker::{
 };
 pub use channel::NAMESPACE_SEPARATOR;
 pub use config::{ChannelConfig, ClientConfig, HubConfig, NamespaceOptions, PersonalChannelConfig};
+pub use handlers::Handlers;
 pub use hub::{Hub, NodeInfo, NodeStats, PublishParams, TransportInfo};
 pub use memory::{MemoryBroker, DEFAULT_META_TTL};
 pub use metrics::Metrics;

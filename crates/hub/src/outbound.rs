@@ -230,6 +230,11 @@ impl Outbound {
         controls
     }
 
+    /// The code the queue was closed with, if it was.
+    pub(crate) fn close_code(&self) -> Option<DisconnectCode> {
+        self.state.lock().closed
+    }
+
     /// Whether the queue was closed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)

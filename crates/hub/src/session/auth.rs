@@ -114,7 +114,9 @@ impl Client {
         let unix = unix_now();
         let mut channels = Vec::new();
         let mut connect_data = None;
-        if !req.token.is_empty() {
+        let handler = self.handler(HandlerKind::Connect, None);
+        // A token goes to the connect handler only when tokens are not verified here.
+        if !req.token.is_empty() && (hub.inner.connect_tokens.is_some() || handler.is_none()) {
             let claims = self.verify_connection_token(&req.token, TokenUse::Connect, unix)?;
             self.user = Arc::from(claims.sub.as_str());
             self.conn_info = info_from(claims.info, &claims.b64info);
@@ -135,6 +137,26 @@ impl Client {
             self.expires_at = unix_expiry(result.expire_at);
             channels = result.channels;
             connect_data = result.data;
+        } else if let Some(handler) = handler {
+            let request = crate::handlers::ConnectRequest {
+                token: req.token.clone(),
+                name: req.name.clone(),
+                version: req.version.clone(),
+                data: req.data.clone().map(Data::from_raw),
+            };
+            let reply = self
+                .decide(
+                    HandlerKind::Connect,
+                    &handler,
+                    handler.connect(self.context(), request),
+                )
+                .await?;
+            self.user = Arc::from(reply.user.as_str());
+            self.conn_info = reply.info.map(Data::into_raw);
+            self.meta = reply.meta.map(Data::into_raw);
+            self.expires_at = reply.expire_at.and_then(unix_expiry);
+            channels = reply.channels;
+            connect_data = reply.data.map(Data::into_raw);
         } else if !config.allow_anonymous {
             self.reply_error(id, ErrorCode::UNAUTHORIZED)?;
             return Err(DisconnectCode::PERMISSION_DENIED.into());

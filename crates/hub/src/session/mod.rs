@@ -8,6 +8,7 @@
 
 mod auth;
 mod backend;
+mod handler_calls;
 mod publish;
 mod reads;
 mod subscribe;
@@ -29,6 +30,9 @@ use switchboard_proto::{
 use crate::auth::{info_from, TokenError};
 use crate::broker::{BrokerError, HistoryFilter};
 use crate::config::NamespaceOptions;
+use crate::handlers::{
+    guarded, ClientContext, Data, HandlerKind, HandlerResult, Handlers, Rejection,
+};
 use crate::hub::{ClientEntry, Hub, TransportInfo};
 use crate::outbound::{Control, Outbound, PushOutcome};
 use crate::proxy::{parse_answer, ProxyAnswer, ProxyKind};
@@ -47,6 +51,9 @@ pub const UNSUBSCRIBE_EXPIRED: u32 = 2501;
 pub const UNSUBSCRIBE_INSUFFICIENT_STATE: u32 = 2500;
 /// Subscribe flag bit: answer error 112 instead of `recovered: false`.
 const FLAG_REJECT_UNRECOVERED: i64 = 2;
+/// Most RPC calls of one connection that Rust handlers answer at the same time; a further call
+/// waits until the oldest is answered.
+const MAX_CONCURRENT_RPC: usize = 16;
 
 /// State of one subscription held by a client.
 #[derive(Debug, Default)]
@@ -120,8 +127,8 @@ pub struct Client {
     conn_info: Option<Box<RawValue>>,
     /// Server-only metadata from the token or connect proxy, passed to proxies.
     meta: Option<Box<RawValue>>,
-    /// Request headers forwarded to proxies (only when a proxy is configured).
-    headers: Vec<(String, String)>,
+    /// Request headers forwarded to proxies and handlers (only when one is configured).
+    headers: Arc<[(String, String)]>,
     out: Arc<Outbound>,
     transport: TransportInfo,
     connected: bool,
@@ -135,6 +142,10 @@ pub struct Client {
     /// When this client's presence entries are refreshed next.
     next_presence_update: Instant,
     rate: Option<RateLimit>,
+    /// RPC calls being answered by the Rust handlers (aborted when the client is dropped).
+    rpc_calls: tokio::task::JoinSet<()>,
+    /// Why the session ended, when it ended itself (for the `disconnected` notification).
+    ending: Option<DisconnectCode>,
 }
 
 impl std::fmt::Debug for Client {
@@ -171,6 +182,23 @@ impl From<ErrorCode> for Refusal {
 impl From<DisconnectCode> for Refusal {
     fn from(d: DisconnectCode) -> Self {
         Refusal::Disconnect(d)
+    }
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Error {
+                code,
+                message,
+                temporary,
+            } => Refusal::Custom {
+                code,
+                message,
+                temporary,
+            },
+            Rejection::Disconnect(code) => Refusal::Disconnect(code),
+        }
     }
 }
 
@@ -214,7 +242,7 @@ impl Client {
             user: Arc::from(""),
             conn_info: None,
             meta: None,
-            headers: Vec::new(),
+            headers: Arc::new([]),
             out,
             transport,
             connected: false,
@@ -226,11 +254,13 @@ impl Client {
             pong_deadline: None,
             next_presence_update: now + presence_update_interval,
             rate,
+            rpc_calls: tokio::task::JoinSet::new(),
+            ending: None,
         }
     }
 
     pub(crate) fn set_forwarded_headers(&mut self, headers: Vec<(String, String)>) {
-        self.headers = headers;
+        self.headers = headers.into();
     }
 
     /// The client id (a UUID), as sent in the connect reply.
@@ -269,7 +299,10 @@ impl Client {
         })?;
         self.hub.metrics().messages_in(commands.len() as u64);
         for command in commands {
-            self.handle_command(command, now).await?;
+            if let Err(code) = self.handle_command(command, now).await {
+                self.ending = Some(code);
+                return Err(code);
+            }
         }
         Ok(())
     }
@@ -404,6 +437,7 @@ async fn leave(hub: &Hub, channel: &str, info: &ClientInfo, presence: bool, anno
 
 impl Drop for Client {
     fn drop(&mut self) {
+        self.notify_ending();
         let registry = &self.hub.inner.registry;
         let emptied: Vec<String> = self
             .subs

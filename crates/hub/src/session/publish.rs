@@ -24,6 +24,21 @@ impl Client {
             if let Some(replaced) = answer.data {
                 data = replaced;
             }
+        } else if let Some(handler) = self.handler(HandlerKind::Publish, Some(&req.channel)) {
+            let request = crate::handlers::PublishRequest {
+                channel: req.channel.clone(),
+                data: Data::from_raw(data.clone()),
+            };
+            let reply = self
+                .decide(
+                    HandlerKind::Publish,
+                    &handler,
+                    handler.publish(self.context(), request),
+                )
+                .await?;
+            if let Some(replaced) = reply.data {
+                data = replaced.into_raw();
+            }
         } else {
             let anonymous = self.user.is_empty();
             let allowed = options.allow_publish_for_client
@@ -47,7 +62,11 @@ impl Client {
         // No RPC handler at all: "not available", as Centrifugo answers (the SDKs' tests expect
         // it); a handler that does not know the method answers its own error.
         if endpoint.is_empty() {
-            return Err(ErrorCode::NOT_AVAILABLE.into());
+            let Some(handler) = self.handler(HandlerKind::Rpc, None) else {
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            };
+            self.spawn_rpc(id, handler, req).await;
+            return Ok(None);
         }
         let mut body = self.proxy_body();
         body.insert("method".into(), req.method.clone().into());

@@ -34,7 +34,17 @@ impl Client {
             return Err(ErrorCode::ALREADY_SUBSCRIBED.into());
         }
         let by_token = !req.token.is_empty();
-        if !by_token && !options.proxy_subscribe && !self.may_subscribe(&req.channel, &options) {
+        // The namespace's proxy decides first, then the Rust handler, then the options.
+        let handler = if options.proxy_subscribe {
+            None
+        } else {
+            self.handler(HandlerKind::Subscribe, Some(&req.channel))
+        };
+        if !by_token
+            && !options.proxy_subscribe
+            && handler.is_none()
+            && !self.may_subscribe(&req.channel, &options)
+        {
             return Err(ErrorCode::PERMISSION_DENIED.into());
         }
         // Before any token check or proxy call: refusing is cheap, a proxy call is not.
@@ -64,6 +74,21 @@ impl Client {
             sub.info = info_from(answer.info, &answer.b64info);
             sub.expires_at = unix_expiry(answer.expire_at);
             result.data = answer.data;
+        } else if let Some(handler) = handler {
+            let request = crate::handlers::SubscribeRequest {
+                channel: req.channel.clone(),
+                data: req.data.clone().map(Data::from_raw),
+            };
+            let reply = self
+                .decide(
+                    HandlerKind::Subscribe,
+                    &handler,
+                    handler.subscribe(self.context(), request),
+                )
+                .await?;
+            sub.info = reply.info.map(Data::into_raw);
+            sub.expires_at = reply.expire_at.and_then(unix_expiry);
+            result.data = reply.data.map(Data::into_raw);
         }
         if let Some(exp) = sub.expires_at {
             result.expires = true;
@@ -107,6 +132,7 @@ impl Client {
         if outcome == PushOutcome::Overflow {
             return Err(DisconnectCode::SLOW.into());
         }
+        self.notify_subscription(HandlerKind::Subscribed, &req.channel);
         Ok(None)
     }
 
@@ -257,6 +283,9 @@ impl Client {
                 .release(&*inner.broker, &inner.registry, channel)
                 .await;
         }
+        if announced {
+            self.notify_subscription(HandlerKind::Unsubscribed, channel);
+        }
         if announced && (sub.presence || sub.announce) {
             let info = self.info_with(sub.info);
             leave(&self.hub, channel, &info, sub.presence, sub.announce).await;
@@ -317,6 +346,7 @@ impl Client {
         };
         self.join_channel(channel, sub, subscriber).await?;
         self.announce_join(channel).await;
+        self.notify_subscription(HandlerKind::Subscribed, channel);
         Ok(true)
     }
 }

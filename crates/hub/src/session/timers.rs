@@ -7,6 +7,14 @@ use super::*;
 impl Client {
     /// Applies control requests queued by the server API (see [`Control`]).
     pub async fn apply_controls(&mut self) -> Result<(), DisconnectCode> {
+        let result = self.run_controls().await;
+        if let Err(code) = result {
+            self.ending = Some(code);
+        }
+        result
+    }
+
+    async fn run_controls(&mut self) -> Result<(), DisconnectCode> {
         for control in self.out.take_controls() {
             match control {
                 Control::Subscribe { channel, info } => {
@@ -57,20 +65,69 @@ impl Client {
         now + due.duration_since(SystemTime::now()).unwrap_or_default()
     }
 
-    /// Whether the refresh proxy extends this connection's expiry.
+    /// Whether the refresh proxy (or the Rust refresh handler) extends this connection's expiry.
     pub(super) fn refresh_by_proxy(&self) -> bool {
-        !self.refresh_proxy_failed && !self.hub.config().proxy.refresh_endpoint.is_empty()
+        !self.refresh_proxy_failed
+            && (!self.hub.config().proxy.refresh_endpoint.is_empty()
+                || self.handler(HandlerKind::Refresh, None).is_some())
     }
 
-    /// Whether the sub_refresh proxy extends this subscription's expiry.
+    /// Whether the sub_refresh proxy (or the Rust sub_refresh handler) extends this
+    /// subscription's expiry.
     pub(super) fn sub_refresh_by_proxy(&self, channel: &str, sub: &Subscription) -> bool {
         !sub.refresh_proxy_failed
-            && self
-                .hub
-                .inner
-                .namespaces
-                .resolve(channel)
-                .is_ok_and(|o| o.proxy_sub_refresh)
+            && self.hub.inner.namespaces.resolve(channel).is_ok_and(|o| {
+                o.proxy_sub_refresh
+                    || self
+                        .handler(HandlerKind::SubRefresh, Some(channel))
+                        .is_some()
+            })
+    }
+
+    /// Asks the refresh proxy, or else the Rust handler, for a new connection expiry.
+    async fn ask_refresh(&self) -> Result<crate::proxy::RefreshResult, Refusal> {
+        let endpoint = self.hub.config().proxy.refresh_endpoint.clone();
+        if !endpoint.is_empty() {
+            let body = self.proxy_body();
+            return self.call_proxy(ProxyKind::Refresh, &endpoint, body).await;
+        }
+        let Some(handler) = self.handler(HandlerKind::Refresh, None) else {
+            return Err(ErrorCode::NOT_AVAILABLE.into());
+        };
+        let reply = self
+            .decide(
+                HandlerKind::Refresh,
+                &handler,
+                handler.refresh(self.context()),
+            )
+            .await?;
+        Ok(refresh_result(reply))
+    }
+
+    /// Asks the namespace's sub_refresh proxy, or else the Rust handler, for a new expiry of the
+    /// subscription to `channel`.
+    async fn ask_sub_refresh(&self, channel: &str) -> Result<crate::proxy::RefreshResult, Refusal> {
+        let options = self.namespace(channel)?;
+        if options.proxy_sub_refresh {
+            let endpoint =
+                self.endpoint(ProxyKind::SubRefresh, &options.sub_refresh_proxy_endpoint);
+            let mut body = self.proxy_body();
+            body.insert("channel".into(), channel.to_string().into());
+            return self
+                .call_proxy(ProxyKind::SubRefresh, &endpoint, body)
+                .await;
+        }
+        let Some(handler) = self.handler(HandlerKind::SubRefresh, Some(channel)) else {
+            return Err(ErrorCode::NOT_AVAILABLE.into());
+        };
+        let reply = self
+            .decide(
+                HandlerKind::SubRefresh,
+                &handler,
+                handler.sub_refresh(self.context(), channel.to_string()),
+            )
+            .await?;
+        Ok(refresh_result(reply))
     }
 
     /// When [`Client::on_timer`] should next be called.
@@ -103,8 +160,16 @@ impl Client {
     }
 
     /// Runs the timers due at `now`: the handshake timeout, pings, the pong deadline and token
-    /// expiry (asking the refresh proxies when configured).
+    /// expiry (asking the refresh proxies or handlers when configured).
     pub async fn on_timer(&mut self, now: Instant) -> Result<(), DisconnectCode> {
+        let result = self.run_timers(now).await;
+        if let Err(code) = result {
+            self.ending = Some(code);
+        }
+        result
+    }
+
+    async fn run_timers(&mut self, now: Instant) -> Result<(), DisconnectCode> {
         if !self.connected {
             if now >= self.created + self.hub.config().client.handshake_timeout {
                 return Err(DisconnectCode::STALE);
@@ -150,12 +215,7 @@ impl Client {
             return Ok(());
         };
         if self.refresh_by_proxy() {
-            let endpoint = self.hub.config().proxy.refresh_endpoint.clone();
-            let body = self.proxy_body();
-            match self
-                .call_proxy::<crate::proxy::RefreshResult>(ProxyKind::Refresh, &endpoint, body)
-                .await
-            {
+            match self.ask_refresh().await {
                 Ok(r) if r.expired => return Err(DisconnectCode::EXPIRED),
                 Ok(r) => {
                     self.expires_at = unix_expiry(r.expire_at);
@@ -191,19 +251,7 @@ impl Client {
                 .get(&channel)
                 .is_some_and(|s| self.sub_refresh_by_proxy(&channel, s));
             if by_proxy {
-                let endpoint = self
-                    .namespace(&channel)
-                    .map(|o| self.endpoint(ProxyKind::SubRefresh, &o.sub_refresh_proxy_endpoint))
-                    .unwrap_or_default();
-                let mut body = self.proxy_body();
-                body.insert("channel".into(), channel.to_string().into());
-                let answer = self
-                    .call_proxy::<crate::proxy::RefreshResult>(
-                        ProxyKind::SubRefresh,
-                        &endpoint,
-                        body,
-                    )
-                    .await;
+                let answer = self.ask_sub_refresh(&channel).await;
                 let Some(sub) = self.subs.get_mut(&channel) else {
                     continue;
                 };
@@ -226,6 +274,7 @@ impl Client {
                 .and_then(|s| s.expires_at)
                 .is_some_and(|e| e + grace <= unix || e == 0);
             if expired {
+                self.notify_subscription(HandlerKind::Unsubscribed, &channel);
                 self.subs.remove(&channel);
                 if self.hub.inner.registry.remove(&channel, self.key) {
                     self.hub.spawn_broker_unsubscribe(vec![channel.to_string()]);
@@ -238,5 +287,15 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// A handler's refresh answer in the shape the proxy's answer is applied from.
+fn refresh_result(reply: crate::handlers::RefreshReply) -> crate::proxy::RefreshResult {
+    crate::proxy::RefreshResult {
+        expired: reply.expired,
+        expire_at: reply.expire_at.unwrap_or(0),
+        info: reply.info.map(Data::into_raw),
+        b64info: String::new(),
     }
 }
