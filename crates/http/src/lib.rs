@@ -1,8 +1,10 @@
 //! The Switchboard server: transports, operations endpoints, configuration and the process
 //! lifecycle (startup, graceful shutdown) around a [`switchboard_hub::Hub`].
 //!
-//! The `switchboard` binary is a thin CLI over [`Server`]; integration tests start a
-//! [`Server`] on an ephemeral port the same way.
+//! This crate is internal: applications use the public `switchboard` crate, whose `Node` is
+//! built from [`build_hub`] and [`app::router`] and served by [`Server::serve_hub`] (the
+//! `switchboard` binary is one such application). Integration tests start a [`Server`] on an
+//! ephemeral port with [`Server::start`].
 
 pub mod api;
 pub mod app;
@@ -25,7 +27,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use switchboard_broker_nats::NatsBroker;
 use switchboard_broker_redis::RedisBroker;
-use switchboard_hub::{Hub, MemoryBroker};
+use switchboard_hub::{Handlers, Hub, MemoryBroker};
 use switchboard_proto::DisconnectCode;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
@@ -43,44 +45,65 @@ pub struct Server {
     done: tokio::task::JoinHandle<()>,
 }
 
+/// Builds the node's hub from `config`: connects the configured broker, installs the HTTP
+/// proxies and the application's `handlers`, starts the JWKS refresh, and warns about
+/// development mode.
+pub async fn build_hub(
+    config: &Config,
+    handlers: Option<Arc<dyn Handlers>>,
+) -> anyhow::Result<Hub> {
+    let name = config.node_name.clone();
+    let hub = match config.broker.kind {
+        BrokerKind::Memory => {
+            let memory = MemoryBroker::shared();
+            Hub::with_presence(config.hub(), memory.clone(), memory, name)
+        }
+        BrokerKind::Redis => {
+            let redis = RedisBroker::connect(config.broker.redis.clone(), name.clone())
+                .await
+                .context("broker.redis")?;
+            Hub::with_presence(config.hub(), redis.clone(), redis, name)
+        }
+        BrokerKind::Nats => {
+            let nats = Arc::new(
+                NatsBroker::connect(config.broker.nats.clone(), &name)
+                    .await
+                    .context("broker.nats")?,
+            );
+            Hub::with_presence(config.hub(), nats.clone(), nats, name)
+        }
+    };
+    if config.proxy.any() {
+        hub.set_proxy(Arc::new(proxy::HttpProxy::new(&config.proxy)?));
+    }
+    if let Some(handlers) = handlers {
+        hub.set_handlers(handlers);
+    }
+    if !config.client.token.jwks_url.is_empty()
+        || !config.client.subscription_token.jwks_url.is_empty()
+    {
+        jwks::spawn_refresh(hub.clone(), config);
+    }
+    if config.mode == Mode::Development {
+        tracing::warn!("{}", development_warning(config));
+    }
+    Ok(hub)
+}
+
 impl Server {
-    /// Binds `config.address` (port 0 picks a free port) and starts serving in the background.
+    /// Binds `config.address` (port 0 picks a free port) and starts serving in the background
+    /// (a node without handlers).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let hub = build_hub(&config, None).await?;
+        Self::serve_hub(config, hub, TaskTracker::new()).await
+    }
+
+    /// Binds `config.address` and serves `hub` (built from `config` by [`build_hub`]) in the
+    /// background; connection tasks are tracked by `tasks`, which shutdown waits for.
+    pub async fn serve_hub(config: Config, hub: Hub, tasks: TaskTracker) -> anyhow::Result<Self> {
         let listener =
             bind(config.address).with_context(|| format!("cannot listen on {}", config.address))?;
         let addr = listener.local_addr()?;
-        let name = config.node_name.clone();
-        let hub = match config.broker.kind {
-            BrokerKind::Memory => {
-                let memory = MemoryBroker::shared();
-                Hub::with_presence(config.hub(), memory.clone(), memory, name)
-            }
-            BrokerKind::Redis => {
-                let redis = RedisBroker::connect(config.broker.redis.clone(), name.clone())
-                    .await
-                    .context("broker.redis")?;
-                Hub::with_presence(config.hub(), redis.clone(), redis, name)
-            }
-            BrokerKind::Nats => {
-                let nats = Arc::new(
-                    NatsBroker::connect(config.broker.nats.clone(), &name)
-                        .await
-                        .context("broker.nats")?,
-                );
-                Hub::with_presence(config.hub(), nats.clone(), nats, name)
-            }
-        };
-        if config.proxy.any() {
-            hub.set_proxy(Arc::new(proxy::HttpProxy::new(&config.proxy)?));
-        }
-        if !config.client.token.jwks_url.is_empty()
-            || !config.client.subscription_token.jwks_url.is_empty()
-        {
-            jwks::spawn_refresh(hub.clone(), &config);
-        }
-        if config.mode == Mode::Development {
-            tracing::warn!("{}", development_warning(&config));
-        }
         let mode = config.mode.as_str();
         let url = format!(
             "{}://{addr}/",
@@ -90,7 +113,6 @@ impl Server {
                 "http"
             }
         );
-        let tasks = TaskTracker::new();
         let state = AppState {
             hub: hub.clone(),
             config: Arc::new(config.clone()),
@@ -224,6 +246,15 @@ async fn serve(
         stop_accepting.clone(),
     ));
     shutdown.cancelled().await;
+    drain(&hub, &tasks, drain_timeout).await;
+    stop_accepting.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
+    tracing::info!("shutdown complete");
+}
+
+/// Drains the node: refuses new connections, tells every client to reconnect (3001
+/// "shutdown") and waits up to `drain_timeout` for the connection tasks in `tasks` to end.
+pub async fn drain(hub: &Hub, tasks: &TaskTracker, drain_timeout: Duration) {
     let told = hub.shutdown(DisconnectCode::SHUTDOWN);
     tracing::info!(
         connections = told,
@@ -240,9 +271,6 @@ async fn serve(
             "drain timeout; closing the rest"
         );
     }
-    stop_accepting.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
-    tracing::info!("shutdown complete");
 }
 
 /// Accepts connections until `stop` (TLS first when `tls` is set) and serves HTTP/1.1 with

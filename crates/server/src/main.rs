@@ -1,4 +1,5 @@
-//! `switchboard`: the real-time messaging server.
+//! `switchboard`: the real-time messaging server. A command line over the `switchboard`
+//! library: it loads the configuration and serves a [`switchboard::Node`] built from it.
 
 use std::fmt;
 use std::io::IsTerminal as _;
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchboard_http::config::{self, Config, LogFormat, Mode, Sources};
+use switchboard::config::{self, Config, LogFormat, Mode, Sources};
 use toml::Value;
 
 /// The first line of `--help`.
@@ -202,7 +203,7 @@ fn gentoken(args: GentokenArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match switchboard_http::token::generate(&config, &args.user, args.ttl) {
+    match switchboard::token::generate(&config, &args.user, args.ttl) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS
@@ -247,13 +248,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        match switchboard_http::Server::start(config).await {
-            Ok(server) => {
-                server
-                    .run_until(switchboard_http::shutdown_signal())
-                    .await;
-                ExitCode::SUCCESS
-            }
+        let address = config.address;
+        let served = async {
+            let node = switchboard::Node::builder().config(config).build().await?;
+            node.serve(address).await
+        };
+        match served.await {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");
                 ExitCode::FAILURE
