@@ -16,12 +16,10 @@
 // `subscribed` (wasRecovering, recovered, stream position), `subscribing` and `unsubscribed` (code,
 // reason), `error`, and every publication (offset, seq, time).
 
-import { performance } from 'node:perf_hooks';
-
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
-const now = () => performance.now();
+import { now } from './clock.mjs';
 
 /** The publisher. `stats()` and `records` feed the verdict. */
 export class Publisher {
@@ -116,7 +114,7 @@ export class Publisher {
         headers: { 'Content-Type': 'application/json', 'X-API-Key': this.apiKey },
         body: JSON.stringify({
           channel: rec.channel,
-          data: { seq: rec.seq },
+          data: { seq: rec.seq, t0: Math.round(rec.t0) },
           idempotency_key: `${this.runId}-${rec.seq}`,
         }),
         signal: AbortSignal.timeout(this.attemptTimeoutMs),
@@ -141,10 +139,16 @@ export class Publisher {
 }
 
 /**
- * `ws` with browser event timing (one message event per event-loop turn): centrifuge-js 5.7.4
- * dispatches replies through a promise chain that assumes it (see e2e/helpers.mjs,
- * BrowserLikeWebSocket); without it, publications arriving in one TCP read can be handed to the
- * application out of order, which would be reported here as a server reorder.
+ * `ws` made to behave like a browser's WebSocket where centrifuge-js depends on it:
+ *   - one message event per event-loop turn (`allowSynchronousEvents: false`): centrifuge-js
+ *     5.7.4 dispatches replies through a promise chain that assumes it (see e2e/helpers.mjs,
+ *     BrowserLikeWebSocket); without it, publications arriving in one TCP read can be handed to
+ *     the application out of order;
+ *   - no message event once the socket is no longer OPEN (the WHATWG WebSocket drops messages
+ *     received after close() was called); `ws` goes on emitting what it has buffered, and
+ *     centrifuge-js (which does not check which transport a message comes from) would hand an
+ *     old connection's publications to a subscription already recovered on the new one.
+ * Either artefact would otherwise be reported here as a server reorder or duplicate.
  */
 function webSocketFor(sub) {
   return class extends WebSocket {
@@ -163,6 +167,14 @@ function webSocketFor(sub) {
       });
       this.on('error', () => {});
     }
+
+    emit(event, ...args) {
+      if (event === 'message' && this.readyState !== WebSocket.OPEN) {
+        sub.droppedAfterClose++;
+        return false;
+      }
+      return super.emit(event, ...args);
+    }
   };
 }
 
@@ -175,6 +187,7 @@ export class Subscriber {
     this.current = home;
     this.connectedNode = null;
     this.connectAttempts = [];
+    this.droppedAfterClose = 0;
     this.clientEvents = [];
     this.subs = new Map(); // channel -> { sub, events }
     this.client = new Centrifuge('ws://chosen-by-the-websocket-class/', {
@@ -241,6 +254,7 @@ export class Subscriber {
           node: this.connectedNode,
           offset: ctx.offset ?? null,
           seq: typeof ctx.data?.seq === 'number' ? ctx.data.seq : null,
+          t0: typeof ctx.data?.t0 === 'number' ? ctx.data.t0 : null,
         });
       });
       this.subs.set(ch, { sub, events });

@@ -237,7 +237,8 @@ function fmtRun(r) {
     `${r.ok ? 'ok  ' : 'FAIL'} ${r.broker}/${r.scenario}#${r.repeat}: acked ${r.acknowledged} ` +
     `(unacked ${r.unacknowledged}, of which delivered ${r.unacked_delivered}), silently lost ${r.silently_lost}, ` +
     `dup ${r.duplicated}, reordered ${r.reordered}, made twice ${r.made_twice}, signalled lost ${r.signalled_lost} ` +
-    `(recovered:false ${r.recovered_false}, recovered:true ${r.recovered_true}), recover ${r.recover_ms ?? 'never'} ms`
+    `(recovered:false ${r.recovered_false}, recovered:true ${r.recovered_true}), recover ${r.recover_ms ?? 'never'} ms` +
+    (r.client_loop_delay_ms?.max > 250 ? ` [client event loop lagged up to ${r.client_loop_delay_ms.max} ms]` : '')
   );
 }
 

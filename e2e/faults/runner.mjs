@@ -8,18 +8,23 @@
 
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { Worker } from 'node:worker_threads';
 
-import { Publisher, Subscriber } from './load.mjs';
+import { clockBase, now } from './clock.mjs';
+import { Subscriber } from './load.mjs';
 import { degrade, partition } from './netns.mjs';
 import { Broker, Node, Proc, freePort, killAllSync, sleep } from './procs.mjs';
 import { Tap } from './tap.mjs';
 import { verdict } from './verdict.mjs';
 
-const now = () => performance.now();
 const spec = JSON.parse(process.argv[2]);
 const T0 = now();
 const API_KEY = 'faults-api-key';
+// This process runs every SDK client and the publisher: if its event loop lags, what the SDK
+// reports is late (and its timeouts fire) for reasons that are not the server's. Reported.
+const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+loopDelay.enable();
 
 function log(msg) {
   process.stderr.write(`[${((now() - T0) / 1000).toFixed(2).padStart(6)}s ${spec.broker}/${spec.scenario}#${spec.repeat}] ${msg}\n`);
@@ -42,6 +47,51 @@ process.on('unhandledRejection', (err) => bail(70, `unhandled rejection: ${err?.
 process.stdin.on('end', () => bail(1, 'controller gone'));
 process.stdin.on('error', () => bail(1, 'controller gone'));
 process.stdin.resume();
+
+/**
+ * The publisher (load.mjs) in a worker thread; `records`, `errors` and `skipped` are its state as
+ * of the last answer (`snapshot()`, and `stop()` once every publication has its outcome).
+ */
+class PublisherThread {
+  constructor(options) {
+    this.records = [];
+    this.errors = {};
+    this.skipped = 0;
+    this.replies = new Map();
+    this.nextId = 0;
+    this.worker = new Worker(new URL('./publisher-worker.mjs', import.meta.url), {
+      workerData: { options, clockBase: clockBase() },
+    });
+    this.worker.on('message', (m) => {
+      this.replies.get(m.id)?.(m);
+      this.replies.delete(m.id);
+    });
+    this.worker.on('error', (err) => bail(70, `publisher thread: ${err.stack || err}`));
+  }
+
+  async call(type) {
+    const id = ++this.nextId;
+    const m = await new Promise((resolve) => {
+      this.replies.set(id, resolve);
+      this.worker.postMessage({ id, type });
+    });
+    if (m.records) ({ records: this.records, errors: this.errors, skipped: this.skipped } = m);
+    return m;
+  }
+
+  start() {
+    return this.call('start');
+  }
+
+  snapshot() {
+    return this.call('snapshot');
+  }
+
+  async stop() {
+    await this.call('stop');
+    await this.worker.terminate();
+  }
+}
 
 /** Median and maximum publish time per node (acknowledged attempts started in [from, to]). */
 function latencies(publisher, from, to) {
@@ -99,6 +149,7 @@ const SCENARIOS = {
     await sleep(ctx.t.partition);
     heal();
     const tHeal = now();
+    await ctx.publisher.snapshot();
     log(`partition healed; ${latencies(ctx.publisher, tFault, tHeal)}`);
     return { tFault, tHeal };
   },
@@ -115,6 +166,7 @@ const SCENARIOS = {
     await sleep(ctx.t.slow);
     await heal();
     const tHeal = now();
+    await ctx.publisher.snapshot();
     log(`link healed; ${latencies(ctx.publisher, tFault, tHeal)}`);
     return { tFault, tHeal };
   },
@@ -159,14 +211,14 @@ async function main() {
   }
   log(`${subscribers.length} subscribers x ${channels.length} channels subscribed`);
 
-  const publisher = new Publisher({
-    nodes,
+  const publisher = new PublisherThread({
+    nodes: nodes.map((n) => ({ name: n.name, httpUrl: n.httpUrl })),
     channels,
     rate: spec.rate,
     apiKey: API_KEY,
     runId: `${spec.runId}-${process.pid}`,
   });
-  publisher.start();
+  await publisher.start();
   await sleep(t.warmup);
 
   // The fault.
@@ -180,7 +232,7 @@ async function main() {
     );
   const recoveredAll = () =>
     subscriptions().every((s) =>
-      s.events.some((e) => e.ev === 'pub' && e.t > tHeal && (publisher.records[e.seq]?.t0 ?? -1) >= tHeal),
+      s.events.some((e) => e.ev === 'pub' && e.t > tHeal && (e.t0 ?? -1) >= tHeal),
     );
   const postDeadline = now() + t.postMax;
   while (!recoveredAll() && now() < postDeadline) await sleep(100);
@@ -220,6 +272,8 @@ async function main() {
     fault_ms: Math.round(tHeal - tFault),
     api_errors: publisher.errors,
     skipped_publishes: publisher.skipped,
+    client_loop_delay_ms: { p99: Math.round(loopDelay.percentile(99) / 1e6), max: Math.round(loopDelay.max / 1e6) },
+    client_dropped_after_close: subscribers.reduce((n, s) => n + s.droppedAfterClose, 0),
     sdk,
     failures: v.failures,
   };

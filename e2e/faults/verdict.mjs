@@ -65,6 +65,7 @@ export function analyseSubscription(sub, { acked, bySeq, ranks, tHeal }) {
   let started = false;
   let epoch = null;
   let last = null; // offset within `epoch`
+  let lastFrom = 'position'; // whether `last` is a received publication or a subscribe position
   const signals = [];
   const received = new Map(); // seq -> [{ epoch, offset, t }]
   let subscribedNow = false;
@@ -75,6 +76,7 @@ export function analyseSubscription(sub, { acked, bySeq, ranks, tHeal }) {
         started = true;
         epoch = e.epoch;
         last = e.offset;
+        lastFrom = 'position';
         continue;
       }
       if (e.wasRecovering && e.recovered) {
@@ -94,6 +96,7 @@ export function analyseSubscription(sub, { acked, bySeq, ranks, tHeal }) {
       });
       epoch = e.epoch;
       last = e.offset;
+      lastFrom = 'position';
       continue;
     }
     if (e.ev === 'subscribing' || e.ev === 'unsubscribed') {
@@ -127,13 +130,19 @@ export function analyseSubscription(sub, { acked, bySeq, ranks, tHeal }) {
     } else {
       received.set(e.seq, [entry]);
       if (last !== null && e.offset <= last) {
+        // Out of order: after a later publication, or at or below the position a `subscribed`
+        // reported (which the application takes as already covered).
         out.reordered++;
         if (out.examples.length < 5) {
-          out.examples.push({ kind: 'reorder', seq: e.seq, offset: e.offset, after: last, epoch, t: Math.round(e.t) });
+          const kind = lastFrom === 'pub' ? 'reorder' : 'at or below the subscribed position';
+          out.examples.push({ kind, seq: e.seq, offset: e.offset, after: last, epoch, t: Math.round(e.t) });
         }
       }
     }
-    last = last === null ? e.offset : Math.max(last, e.offset);
+    if (last === null || e.offset > last) {
+      last = e.offset;
+      lastFrom = 'pub';
+    }
     const ack = acked.get(e.seq);
     if (ack && ack.epoch === epoch && ack.offset !== e.offset) {
       out.mismatched++;

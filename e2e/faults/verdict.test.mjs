@@ -73,6 +73,18 @@ test('the same publication twice is a duplicate; an older offset after a newer o
   assert.equal(reord.totals.reordered, 1);
   assert.equal(reord.totals.duplicated, 0);
   assert.equal(reord.ok, false);
+  // A publication at the position a recovered: false subscribe reported, delivered after it.
+  const below = run(recs, [
+    subscribed(1, 'E1', 0),
+    pub(200, 0, 1),
+    { ev: 'subscribing', t: 201, code: 2500, reason: 'insufficient state' },
+    subscribed(202, 'E1', 3, { wasRecovering: true, recovered: false }),
+    pub(203, 2, 3),
+    pub(204, 3, 4),
+    pub(205, 4, 5),
+  ]);
+  assert.equal(below.totals.reordered, 1);
+  assert.equal(below.problems[0].examples[0].kind, 'at or below the subscribed position');
 });
 
 test('a publication received at another offset than acknowledged was made twice', () => {
