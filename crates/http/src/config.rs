@@ -136,6 +136,16 @@ impl Config {
     pub fn development() -> Self {
         load(&Sources::default()).expect("the development defaults are valid")
     }
+
+    /// The configuration of `switchboard --mode production` without a file: everything the
+    /// configuration does not open is closed.
+    pub fn production() -> Self {
+        let sources = Sources {
+            flags: vec![("mode".into(), Value::String(Mode::Production.as_str().into()))],
+            ..Sources::default()
+        };
+        load(&sources).expect("the production defaults are valid")
+    }
 }
 
 /// Logging options.

@@ -145,6 +145,14 @@ impl From<ErrorCode> for Rejection {
     }
 }
 
+/// Data that does not serialise (a handler's own reply data): error 100, logged.
+impl From<serde_json::Error> for Rejection {
+    fn from(e: serde_json::Error) -> Self {
+        tracing::error!(error = %e, "handler data does not serialise");
+        ErrorCode::INTERNAL.into()
+    }
+}
+
 impl From<DisconnectCode> for Rejection {
     fn from(d: DisconnectCode) -> Self {
         Self::Disconnect(d)

@@ -92,6 +92,9 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// So that callers of server-side actions can use `?` into their own error types (`anyhow`).
+impl std::error::Error for ErrorCode {}
+
 /// Why the server closes a connection: a code, a reason and whether the client should reconnect.
 ///
 /// Over WebSocket it travels as the close frame's status code and reason; over one-way transports

@@ -1,0 +1,334 @@
+//! The library through its public API only: the examples, handlers that panic or are slow, and
+//! two embedded nodes on Redis behaving as one. Clients are the Rust protocol client.
+
+#[path = "../examples/chat.rs"]
+#[allow(dead_code)]
+mod chat;
+#[path = "../examples/rpc.rs"]
+#[allow(dead_code)]
+mod rpc;
+#[path = "../examples/ticker.rs"]
+#[allow(dead_code)]
+mod ticker;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard::{
+    Broker, Config, ConnectReply, Data, DisconnectCode, ErrorCode, Node, PublishReply, RpcReply,
+    SubscribeReply,
+};
+use switchboard_client::{Client, ClientError};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn url(addr: SocketAddr, prefix: &str) -> String {
+    format!("ws://{addr}{prefix}/connection/websocket")
+}
+
+async fn connect(url: &str, data: Option<Value>) -> Result<Client, ClientError> {
+    let mut builder = Client::builder(url).no_reconnect().timeout(WAIT);
+    if let Some(data) = data {
+        builder = builder.data(&data)?;
+    }
+    builder.connect().await
+}
+
+/// Serves an axum app on a free port in the background.
+async fn serve_app(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service).await.unwrap();
+    });
+    addr
+}
+
+async fn start(node: Node) -> switchboard::Server {
+    node.start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+async fn next_data(sub: &mut switchboard_client::Subscription) -> Value {
+    let publication = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("a publication in time")
+        .expect("subscription open");
+    publication.value()
+}
+
+#[tokio::test]
+async fn chat_example_checks_nicknames_rooms_and_messages() {
+    let (app, _node) = chat::app().await.unwrap();
+    let addr = serve_app(app).await;
+    let url = url(addr, "/realtime");
+
+    let err = connect(&url, None).await.unwrap_err();
+    assert!(err.is_server_code(101), "{err}");
+    let err = connect(&url, Some(json!({"nick": "no spaces"})))
+        .await
+        .unwrap_err();
+    assert!(err.is_server_code(4000), "{err}");
+
+    let alice = connect(&url, Some(json!({"nick": "alice"}))).await.unwrap();
+    let err = alice.subscribe("news").await.unwrap_err();
+    assert!(err.is_server_code(103), "{err}");
+    let mut room = alice.subscribe("room:lobby").await.unwrap();
+
+    let bob = connect(&url, Some(json!({"nick": "bob"}))).await.unwrap();
+    let err = bob
+        .publish("room:lobby", json!({"text": ""}))
+        .await
+        .unwrap_err();
+    assert!(err.is_server_code(4001), "{err}");
+    bob.publish("room:lobby", json!({"text": "  hi alice "}))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut room).await,
+        json!({"nick": "bob", "text": "hi alice"})
+    );
+
+    // The app's own routes live beside the node's.
+    let rooms = http_get(addr, "/rooms").await;
+    assert!(rooms.contains("room:lobby"), "{rooms}");
+    let page = http_get(addr, "/").await;
+    assert!(page.contains("chat"), "{page}");
+}
+
+#[tokio::test]
+async fn rpc_example_answers_its_methods() {
+    let server = start(rpc::node().await.unwrap()).await;
+    let client = connect(&url(server.addr(), ""), None).await.unwrap();
+    assert_eq!(
+        client.rpc("add", json!({"a": 1, "b": 2.5})).await.unwrap(),
+        json!({"sum": 3.5})
+    );
+    let me = client.rpc("whoami", Value::Null).await.unwrap();
+    assert_eq!(me["client"], json!(client.id()));
+    let err = client.rpc("nope", Value::Null).await.unwrap_err();
+    assert!(err.is_server_code(104), "{err}");
+    let err = client.rpc("add", json!({"a": "x"})).await.unwrap_err();
+    assert!(err.is_server_code(107), "{err}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ticker_example_publishes_from_a_background_task() {
+    let node = Node::builder().build().await.unwrap();
+    let ticks = ticker::spawn_ticker(node.clone(), Duration::from_millis(50));
+    let server = start(node).await;
+    let client = connect(&url(server.addr(), ""), None).await.unwrap();
+    let mut sub = client.subscribe("ticker").await.unwrap();
+    let first = next_data(&mut sub).await["tick"].as_u64().unwrap();
+    let second = next_data(&mut sub).await["tick"].as_u64().unwrap();
+    assert_eq!(second, first + 1);
+    ticks.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_temporary_error_and_the_node_goes_on() {
+    let node = Node::builder()
+        .on_rpc(|_ctx, req| async move {
+            if req.method == "boom" {
+                panic!("handler bug");
+            }
+            Ok(RpcReply::data(Data::json("fine")?))
+        })
+        .on_subscribe(|_ctx, req| async move {
+            if req.channel == "boom" {
+                panic!("handler bug");
+            }
+            Ok(SubscribeReply::accept())
+        })
+        .build()
+        .await
+        .unwrap();
+    let server = start(node).await;
+    let client = connect(&url(server.addr(), ""), None).await.unwrap();
+    match client.rpc("boom", Value::Null).await.unwrap_err() {
+        ClientError::Server {
+            code, temporary, ..
+        } => assert!(code == 100 && temporary),
+        other => panic!("{other}"),
+    }
+    let err = client.subscribe("boom").await.unwrap_err();
+    assert!(err.is_server_code(100), "{err}");
+    // The same connection and new ones still work.
+    assert_eq!(client.rpc("ok", Value::Null).await.unwrap(), json!("fine"));
+    let other = connect(&url(server.addr(), ""), None).await.unwrap();
+    other.subscribe("news").await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_handler_does_not_hold_up_the_connection() {
+    let node = Node::builder()
+        .handler_timeout(Duration::from_millis(1500))
+        .on_rpc(|_ctx, req| async move {
+            match req.method.as_str() {
+                "slow" => tokio::time::sleep(Duration::from_millis(800)).await,
+                "stuck" => tokio::time::sleep(Duration::from_secs(60)).await,
+                _ => {}
+            }
+            Ok(RpcReply::data(Data::json(&req.method)?))
+        })
+        .build()
+        .await
+        .unwrap();
+    let server = start(node.clone()).await;
+    let client = connect(&url(server.addr(), ""), None).await.unwrap();
+    let mut news = client.subscribe("news").await.unwrap();
+
+    let started = tokio::time::Instant::now();
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.rpc("slow", Value::Null).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // While "slow" runs: other calls are answered, publications arrive, commands are served.
+    assert_eq!(
+        client.rpc("fast", Value::Null).await.unwrap(),
+        json!("fast")
+    );
+    node.publish_json("news", &json!({"n": 1})).await.unwrap();
+    assert_eq!(next_data(&mut news).await, json!({"n": 1}));
+    client.publish("news", json!({"n": 2})).await.unwrap();
+    assert_eq!(next_data(&mut news).await, json!({"n": 2}));
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), json!("slow"));
+
+    // A handler past its time limit is a temporary error.
+    let err = client.rpc("stuck", Value::Null).await.unwrap_err();
+    assert!(err.is_server_code(100), "{err}");
+    server.shutdown().await;
+}
+
+fn redis_prefix() -> String {
+    format!("sbtest-embed-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A node on Redis whose publish handler stamps the data with the node's name.
+async fn redis_node(name: &str, prefix: &str) -> Node {
+    let mut config = Config::development();
+    config.node_name = name.into();
+    Node::builder()
+        .config(config)
+        .broker(Broker::redis("redis://127.0.0.1:6379", prefix))
+        .on_connect(|_ctx, req| async move {
+            let user: String = req.data.ok_or(ErrorCode::UNAUTHORIZED)?.decode()?;
+            Ok(ConnectReply::user(user))
+        })
+        .on_publish({
+            let node = name.to_string();
+            move |_ctx, req| {
+                let node = node.clone();
+                async move {
+                    let text: String = req.data.decode()?;
+                    Ok(PublishReply::replace(Data::json(
+                        &json!({"text": text, "via": node}),
+                    )?))
+                }
+            }
+        })
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_nodes_on_redis_behave_as_one() {
+    let prefix = redis_prefix();
+    let a = redis_node("a", &prefix).await;
+    let b = redis_node("b", &prefix).await;
+    let server_a = start(a.clone()).await;
+    let server_b = start(b.clone()).await;
+
+    let alice = connect(&url(server_a.addr(), ""), Some(json!("alice")))
+        .await
+        .unwrap();
+    let bob = connect(&url(server_b.addr(), ""), Some(json!("bob")))
+        .await
+        .unwrap();
+    let mut bobs = bob.subscribe("chat").await.unwrap();
+
+    // A client publication on A (decided by A's handler) reaches a subscriber on B.
+    alice.publish("chat", json!("hello bob")).await.unwrap();
+    assert_eq!(
+        next_data(&mut bobs).await,
+        json!({"text": "hello bob", "via": "a"})
+    );
+    // And back: B's handler decides for B's client.
+    let mut alices = alice.subscribe("chat").await.unwrap();
+    bob.publish("chat", json!("hi alice")).await.unwrap();
+    assert_eq!(
+        next_data(&mut alices).await,
+        json!({"text": "hi alice", "via": "b"})
+    );
+    assert_eq!(
+        next_data(&mut bobs).await,
+        json!({"text": "hi alice", "via": "b"})
+    );
+    // A server-side publication on A too.
+    a.publish_json("chat", &json!({"text": "from node a"}))
+        .await
+        .unwrap();
+    assert_eq!(next_data(&mut bobs).await, json!({"text": "from node a"}));
+
+    // Actions on users reach the node they are on.
+    let mut events = bob.events();
+    a.disconnect("bob", DisconnectCode::FORCE_NO_RECONNECT)
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(switchboard_client::ClientEvent::Disconnected { code, .. }) =
+                events.recv().await
+            {
+                return code;
+            }
+        }
+    })
+    .await
+    .expect("bob disconnected in time");
+    assert_eq!(code, 3503);
+    // Both nodes know each other.
+    tokio::time::timeout(WAIT, async {
+        while a.info().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("node b announced to node a");
+    drop(alice);
+    server_a.shutdown().await;
+    server_b.shutdown().await;
+}
+
+/// A GET over a raw TCP connection; returns the response (head and body).
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Node>();
+    check::<switchboard::Server>();
+    check::<switchboard::NodeBuilder>();
+    check::<switchboard::Rejection>();
+    check::<switchboard::ClientContext>();
+    let _ = ErrorCode::INTERNAL;
+}
