@@ -141,7 +141,10 @@ impl Config {
     /// configuration does not open is closed.
     pub fn production() -> Self {
         let sources = Sources {
-            flags: vec![("mode".into(), Value::String(Mode::Production.as_str().into()))],
+            flags: vec![(
+                "mode".into(),
+                Value::String(Mode::Production.as_str().into()),
+            )],
             ..Sources::default()
         };
         load(&sources).expect("the production defaults are valid")
