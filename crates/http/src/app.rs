@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use switchboard_hub::Hub;
 use tokio_util::task::TaskTracker;
@@ -22,10 +22,37 @@ pub struct AppState {
 }
 
 /// Builds the router with every route the server serves: `/` (the start page, when
-/// `demos.enabled`), `/connection/websocket`, `/health`, `/metrics` and `/api/...`.
+/// `demos.enabled`), `/connection/websocket`, the HTTP-streaming and SSE transports
+/// (`/connection/http_stream`, `/connection/sse`, `/emulation`), `/health`, `/metrics` and
+/// `/api/...`.
 pub fn router(state: AppState) -> Router {
-    let mut router = Router::new()
-        .route("/connection/websocket", get(transport::websocket::handler))
+    let transports = &state.config.transports;
+    let mut router = Router::new();
+    if transports.websocket {
+        router = router.route("/connection/websocket", get(transport::websocket::handler));
+    }
+    let preflight = transport::emulation::preflight;
+    if transports.http_stream {
+        router = router.route(
+            "/connection/http_stream",
+            post(transport::emulation::http_stream).options(preflight),
+        );
+    }
+    if transports.sse {
+        router = router.route(
+            "/connection/sse",
+            get(transport::emulation::sse_get)
+                .post(transport::emulation::sse_post)
+                .options(preflight),
+        );
+    }
+    if transports.emulation() {
+        router = router.route(
+            "/emulation",
+            post(transport::emulation::emulation).options(preflight),
+        );
+    }
+    let mut router = router
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .merge(api::router());

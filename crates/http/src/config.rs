@@ -34,6 +34,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "proxy",
     "http",
     "websocket",
+    "transports",
 ];
 
 /// Development or production defaults.
@@ -104,6 +105,9 @@ pub struct Config {
     /// WebSocket frame-level limits.
     #[serde(default)]
     pub websocket: WebSocketConfig,
+    /// Which client transports are served.
+    #[serde(default)]
+    pub transports: TransportsConfig,
 }
 
 fn default_address() -> SocketAddr {
@@ -245,6 +249,38 @@ impl Default for WebSocketConfig {
         Self {
             max_control_frames_per_second: 100,
         }
+    }
+}
+
+/// Which client transports are served (`[transports]`). A transport that is off answers 404.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct TransportsConfig {
+    /// `GET /connection/websocket`. Default true.
+    pub websocket: bool,
+    /// `POST /connection/http_stream` (with `POST /emulation`). Default false (true in
+    /// development mode).
+    pub http_stream: bool,
+    /// `GET`/`POST /connection/sse` (with `POST /emulation`). Default false (true in
+    /// development mode).
+    pub sse: bool,
+}
+
+impl Default for TransportsConfig {
+    fn default() -> Self {
+        Self {
+            websocket: true,
+            http_stream: false,
+            sse: false,
+        }
+    }
+}
+
+impl TransportsConfig {
+    /// Whether `POST /emulation` is served (an emulated transport is on).
+    pub fn emulation(&self) -> bool {
+        self.http_stream || self.sse
     }
 }
 
@@ -583,6 +619,10 @@ fn apply_development_defaults(table: &mut Table) {
     }
     if let Some(demos) = section(table, "demos") {
         fill(demos, "enabled", Value::Boolean(true));
+    }
+    if let Some(transports) = section(table, "transports") {
+        fill(transports, "http_stream", Value::Boolean(true));
+        fill(transports, "sse", Value::Boolean(true));
     }
     if let Some(channel) = section(table, "channel") {
         fill(channel, "allow_unknown_namespaces", Value::Boolean(true));

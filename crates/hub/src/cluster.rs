@@ -56,6 +56,12 @@ pub(crate) enum ControlMessage {
         client: Option<String>,
         channel: String,
     },
+    /// A batch of commands for an emulated session held by `node` (see [`crate::emulation`]).
+    Emulation {
+        node: String,
+        session: String,
+        data: String,
+    },
     /// Set a user's connections' expiry, or expire them now.
     Refresh {
         user: String,
@@ -133,6 +139,18 @@ impl BrokerEvents for HubEvents {
 fn apply(hub: &crate::Hub, message: ControlMessage) {
     match message {
         ControlMessage::Node(stats) => hub.inner.nodes.seen(stats, Instant::now()),
+        ControlMessage::Emulation {
+            node,
+            session,
+            data,
+        } => {
+            if node == hub.inner.node.id {
+                let delivery = hub.inner.emulation.deliver(&session, data.into());
+                if delivery != crate::emulation::Delivery::Queued {
+                    tracing::debug!(%session, ?delivery, "forwarded emulation batch not taken");
+                }
+            }
+        }
         ControlMessage::Disconnect {
             user,
             client,

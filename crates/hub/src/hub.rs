@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_proto::{
     ClientInfo, DisconnectCode, ErrorCode, Publication, RawValue, StreamPosition,
@@ -161,6 +162,8 @@ pub(crate) struct Inner {
     next_key: AtomicU64,
     pub(crate) node: NodeInfo,
     pub(crate) nodes: NodeList,
+    /// Sessions of emulated transports held by this node.
+    pub(crate) emulation: Arc<crate::emulation::EmulationSessions>,
     shutting_down: AtomicBool,
     started: std::time::Instant,
 }
@@ -243,6 +246,7 @@ impl Hub {
             }));
             Inner {
                 nodes: NodeList::default(),
+                emulation: Arc::default(),
                 proxy: std::sync::OnceLock::new(),
                 handlers: std::sync::OnceLock::new(),
                 connect_tokens,
@@ -397,6 +401,36 @@ impl Hub {
     /// This node's identity.
     pub fn node(&self) -> &NodeInfo {
         &self.inner.node
+    }
+
+    /// The sessions of emulated transports (HTTP-streaming, SSE) this node holds.
+    pub fn emulation_sessions(&self) -> &Arc<crate::emulation::EmulationSessions> {
+        &self.inner.emulation
+    }
+
+    /// Hands a batch of commands from `POST /emulation` to session `session` on node `node`:
+    /// here when `node` is this node (or empty), else through the broker to every node, where
+    /// the one holding the session takes it. Returns what happened here; a forwarded batch is
+    /// [`Delivery::Queued`](crate::emulation::Delivery::Queued) once the broker took it (an
+    /// unknown session on the other node drops it: that session's stream has ended, and its
+    /// client reconnects). Error 100 when the broker could not forward it.
+    pub async fn route_emulation(
+        &self,
+        node: &str,
+        session: &str,
+        data: Bytes,
+    ) -> Result<crate::emulation::Delivery, ErrorCode> {
+        if node.is_empty() || node == self.inner.node.id {
+            return Ok(self.inner.emulation.deliver(session, data));
+        }
+        let data = String::from_utf8(data.to_vec()).map_err(|_| ErrorCode::BAD_REQUEST)?;
+        self.broadcast_control(ControlMessage::Emulation {
+            node: node.to_owned(),
+            session: session.to_owned(),
+            data,
+        })
+        .await?;
+        Ok(crate::emulation::Delivery::Queued)
     }
 
     /// Installs the backend proxy (the server's HTTP implementation). Only the first call has

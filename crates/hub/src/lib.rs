@@ -37,6 +37,7 @@ mod broker;
 mod channel;
 pub mod cluster;
 pub mod config;
+pub mod emulation;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod handlers;

@@ -3,4 +3,5 @@
 //!
 //! [`Client`]: switchboard_hub::Client
 
+pub mod emulation;
 pub mod websocket;

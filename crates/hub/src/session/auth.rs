@@ -178,6 +178,10 @@ impl Client {
         );
         let mut result = ConnectResult::new(self.id.to_string());
         result.version = hub.node().version.to_string();
+        if let Some(session) = &self.emulation_session {
+            result.session = session.to_string();
+            result.node = hub.node().id.clone();
+        }
         result.data = connect_data;
         if let Some(exp) = self.expires_at {
             result.expires = true;

@@ -146,6 +146,8 @@ pub struct Client {
     rpc_calls: tokio::task::JoinSet<()>,
     /// Why the session ended, when it ended itself (for the `disconnected` notification).
     ending: Option<DisconnectCode>,
+    /// The session id of an emulated transport, sent in the connect reply with the node id.
+    emulation_session: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -256,7 +258,15 @@ impl Client {
             rate,
             rpc_calls: tokio::task::JoinSet::new(),
             ending: None,
+            emulation_session: None,
         }
+    }
+
+    /// Makes this the session `id` of an emulated transport (HTTP-streaming, SSE): the connect
+    /// reply then carries `session` and `node`, which the client sends with every
+    /// `POST /emulation`.
+    pub fn set_emulation_session(&mut self, id: Arc<str>) {
+        self.emulation_session = Some(id);
     }
 
     pub(crate) fn set_forwarded_headers(&mut self, headers: Vec<(String, String)>) {
