@@ -427,3 +427,91 @@ test('CORS: an allowed origin gets its preflight answered and the stream readabl
     await s.stop();
   }
 });
+
+describe('unidirectional', () => {
+  test('uni_sse: a plain EventSource gets the connect push, then publications of its channels', async () => {
+    const channel = uniqueChannel();
+    const token = signJwt({ sub: 'uni-reader', channels: [channel] }, SECRET);
+    const url = `${server.httpUrl}/connection/uni_sse?cf_connect=${encodeURIComponent(
+      JSON.stringify({ token }),
+    )}`;
+    const es = new EventSource(url);
+    const messages = [];
+    const waiters = [];
+    es.onmessage = (e) => {
+      messages.push(JSON.parse(e.data));
+      for (const w of waiters.splice(0)) w();
+    };
+    const until = (pred) =>
+      withTimeout(
+        (async () => {
+          while (!messages.some(pred)) await new Promise((r) => waiters.push(r));
+          return messages.find(pred);
+        })(),
+        5000,
+        `no matching message in ${JSON.stringify(messages)}`,
+      );
+    try {
+      const connect = await until((m) => m.connect);
+      assert.ok(connect.connect.client);
+      assert.ok(channel in connect.connect.subs, JSON.stringify(connect));
+      assert.equal(connect.connect.pong, undefined, 'no pong expected from a unidirectional client');
+      await api(server, 'publish', { channel, data: { hello: 'uni' } });
+      const pub = await until((m) => m.pub);
+      assert.equal(pub.channel, channel);
+      assert.deepEqual(pub.pub.data, { hello: 'uni' });
+    } finally {
+      es.close();
+    }
+  });
+
+  test('uni_http_stream with curl: one push per line; a bad token ends the stream with 3500', async () => {
+    const { spawn } = await import('node:child_process');
+    const channel = uniqueChannel();
+    const token = signJwt({ sub: 'curl-reader', channels: [channel] }, SECRET);
+    const curl = spawn('curl', [
+      '-sN',
+      '-X', 'POST',
+      '--data', JSON.stringify({ token }),
+      `${server.httpUrl}/connection/uni_http_stream`,
+    ]);
+    let out = '';
+    curl.stdout.on('data', (d) => (out += d));
+    try {
+      await withTimeout(
+        (async () => {
+          while (!out.includes('"connect"')) await new Promise((r) => setTimeout(r, 20));
+        })(),
+        5000,
+        'no connect push from curl',
+      );
+      await api(server, 'publish', { channel, data: { n: 1 } });
+      await withTimeout(
+        (async () => {
+          while (!out.includes('"pub"')) await new Promise((r) => setTimeout(r, 20));
+        })(),
+        5000,
+        `no publication in ${out}`,
+      );
+      const lines = out.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+      assert.ok(lines[0].connect);
+      const pub = lines.find((l) => l.pub);
+      assert.equal(pub.channel, channel);
+      assert.deepEqual(pub.pub.data, { n: 1 });
+    } finally {
+      curl.kill();
+    }
+    const bad = await fetch(`${server.httpUrl}/connection/uni_http_stream`, {
+      method: 'POST',
+      body: JSON.stringify({ token: 'not.a.token' }),
+    });
+    const text = await withTimeout(bad.text(), 5000);
+    const last = JSON.parse(text.trim().split('\n').at(-1));
+    assert.equal(last.disconnect.code, 3500, text);
+    const notObject = await fetch(`${server.httpUrl}/connection/uni_http_stream`, {
+      method: 'POST',
+      body: '[1]',
+    });
+    assert.equal(notObject.status, 400);
+  });
+});

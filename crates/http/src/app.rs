@@ -23,7 +23,8 @@ pub struct AppState {
 
 /// Builds the router with every route the server serves: `/` (the start page, when
 /// `demos.enabled`), `/connection/websocket`, the HTTP-streaming and SSE transports
-/// (`/connection/http_stream`, `/connection/sse`, `/emulation`), `/health`, `/metrics` and
+/// (`/connection/http_stream`, `/connection/sse`, `/emulation`), the unidirectional ones
+/// (`/connection/uni_sse`, `/connection/uni_http_stream`), `/health`, `/metrics` and
 /// `/api/...`.
 pub fn router(state: AppState) -> Router {
     let transports = &state.config.transports;
@@ -44,6 +45,20 @@ pub fn router(state: AppState) -> Router {
             get(transport::emulation::sse_get)
                 .post(transport::emulation::sse_post)
                 .options(preflight),
+        );
+    }
+    if transports.uni_sse {
+        router = router.route(
+            "/connection/uni_sse",
+            get(transport::uni::uni_sse_get)
+                .post(transport::uni::uni_sse_post)
+                .options(preflight),
+        );
+    }
+    if transports.uni_http_stream {
+        router = router.route(
+            "/connection/uni_http_stream",
+            post(transport::uni::uni_http_stream).options(preflight),
         );
     }
     if transports.emulation() {

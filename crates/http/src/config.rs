@@ -265,6 +265,12 @@ pub struct TransportsConfig {
     /// `GET`/`POST /connection/sse` (with `POST /emulation`). Default false (true in
     /// development mode).
     pub sse: bool,
+    /// `GET`/`POST /connection/uni_sse` (unidirectional). Default false (true in development
+    /// mode).
+    pub uni_sse: bool,
+    /// `POST /connection/uni_http_stream` (unidirectional). Default false (true in
+    /// development mode).
+    pub uni_http_stream: bool,
 }
 
 impl Default for TransportsConfig {
@@ -273,6 +279,8 @@ impl Default for TransportsConfig {
             websocket: true,
             http_stream: false,
             sse: false,
+            uni_sse: false,
+            uni_http_stream: false,
         }
     }
 }
@@ -623,6 +631,8 @@ fn apply_development_defaults(table: &mut Table) {
     if let Some(transports) = section(table, "transports") {
         fill(transports, "http_stream", Value::Boolean(true));
         fill(transports, "sse", Value::Boolean(true));
+        fill(transports, "uni_sse", Value::Boolean(true));
+        fill(transports, "uni_http_stream", Value::Boolean(true));
     }
     if let Some(channel) = section(table, "channel") {
         fill(channel, "allow_unknown_namespaces", Value::Boolean(true));

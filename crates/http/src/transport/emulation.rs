@@ -46,11 +46,15 @@ const BODY_CHUNKS: usize = 4;
 
 /// How the stream frames messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    /// One JSON message per line.
+pub(crate) enum Format {
+    /// One JSON message per line (`http_stream`).
     Lines,
-    /// One Server-Sent Event per message.
+    /// One Server-Sent Event per message (`sse`).
     Events,
+    /// Unidirectional, one push per line (`uni_http_stream`).
+    UniLines,
+    /// Unidirectional, one Server-Sent Event per push (`uni_sse`).
+    UniEvents,
 }
 
 impl Format {
@@ -58,27 +62,47 @@ impl Format {
         match self {
             Format::Lines => TransportInfo::new("http_stream", true),
             Format::Events => TransportInfo::new("sse", true),
+            Format::UniLines => TransportInfo::new("uni_http_stream", false),
+            Format::UniEvents => TransportInfo::new("uni_sse", false),
         }
+    }
+
+    fn is_uni(self) -> bool {
+        matches!(self, Format::UniLines | Format::UniEvents)
     }
 
     fn content_type(self) -> &'static str {
         match self {
-            Format::Lines => "application/json",
-            Format::Events => "text/event-stream",
+            Format::Lines | Format::UniLines => "application/json",
+            Format::Events | Format::UniEvents => "text/event-stream",
         }
     }
 
-    /// Appends `message` framed for the stream.
+    /// Appends `message` framed for the stream. Unidirectional streams carry pushes without
+    /// their `{"push": ...}` wrapper and the connect reply as `{"connect": ...}`; other replies
+    /// (there are none after connect: the client sends no commands) are left out.
     fn frame(self, message: &[u8], out: &mut BytesMut) {
+        let converted;
+        let message = if self.is_uni() {
+            match crate::transport::uni::as_push(message) {
+                Some(push) => {
+                    converted = push;
+                    converted.as_ref()
+                }
+                None => return,
+            }
+        } else {
+            message
+        };
         match self {
-            Format::Lines => {
+            Format::Lines | Format::UniLines => {
                 out.put_slice(message);
                 out.put_u8(b'\n');
             }
             // A message never holds a line break outside its JSON strings, but data passes
             // through byte for byte and may carry one as whitespace: each line gets its own
             // `data:` field, which the client joins back with `\n`.
-            Format::Events => {
+            Format::Events | Format::UniEvents => {
                 for line in message.split(|&b| b == b'\n') {
                     out.put_slice(b"data: ");
                     out.put_slice(line);
@@ -127,7 +151,7 @@ pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Res
 
 /// Adds the CORS headers for a request from an allowed `Origin` (the caller checked it): that
 /// origin (never `*`, so that credentials work) and `Access-Control-Allow-Credentials`.
-fn with_cors(request: &HeaderMap, mut response: Response) -> Response {
+pub(crate) fn with_cors(request: &HeaderMap, mut response: Response) -> Response {
     if let Some(origin) = request.get(header::ORIGIN) {
         let h = response.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
@@ -241,7 +265,8 @@ async fn read_body(state: &AppState, req: Request) -> Result<Bytes, Response> {
 }
 
 /// Accepts the session and answers with its stream; the session runs in a task of its own.
-fn open(state: AppState, headers: &HeaderMap, first: Bytes, format: Format) -> Response {
+/// `first` is the first batch of commands (the connect command).
+pub(crate) fn open(state: AppState, headers: &HeaderMap, first: Bytes, format: Format) -> Response {
     if !crate::origin::allowed(headers, &state.hub.config().client.allowed_origins) {
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }
@@ -254,8 +279,15 @@ fn open(state: AppState, headers: &HeaderMap, first: Bytes, format: Format) -> R
     );
     match client {
         Ok(mut client) => {
-            let (id, commands, guard) = state.hub.emulation_sessions().register();
-            client.set_emulation_session(id);
+            // A unidirectional session takes no commands: it is not registered, and its
+            // command receiver has no sender (it never yields a batch).
+            let (commands, guard) = if format.is_uni() {
+                (mpsc::channel(1).1, None)
+            } else {
+                let (id, commands, guard) = state.hub.emulation_sessions().register();
+                client.set_emulation_session(id);
+                (commands, Some(guard))
+            };
             let hub = state.hub.clone();
             state.tasks.spawn(run(
                 hub,
@@ -332,7 +364,7 @@ async fn run(
     client: Box<Client>,
     first: Bytes,
     mut commands: mpsc::Receiver<Bytes>,
-    _guard: SessionGuard,
+    _guard: Option<SessionGuard>,
     body: mpsc::Sender<Bytes>,
     format: Format,
 ) {
@@ -380,9 +412,15 @@ async fn run(
             Event::Done(client, result) => {
                 deadline = client.next_deadline();
                 timer.as_mut().reset(deadline.into());
+                let refused = format.is_uni() && !client.is_connected();
                 session = Session::Idle(client);
                 if let Err(code) = result {
                     break Some(code);
+                }
+                // A unidirectional client cannot read an error reply: its refused connect
+                // ends the stream with the matching disconnect code.
+                if refused {
+                    break Some(crate::transport::uni::refusal(&out));
                 }
             }
             Event::Gone => break None,

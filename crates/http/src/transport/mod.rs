@@ -4,4 +4,5 @@
 //! [`Client`]: switchboard_hub::Client
 
 pub mod emulation;
+pub mod uni;
 pub mod websocket;
