@@ -156,7 +156,7 @@ function cleanupSync() {
 process.on('exit', cleanupSync);
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(sig, () => {
-    err(`faults: ${sig}, cleaning up`);
+    err(`faults: ${sig}, cleaning up (logs so far: ${workRoot})`);
     cleanupSync();
     process.exit(130);
   });
