@@ -34,10 +34,62 @@ pub(crate) struct Subscriber {
     /// Present while the subscription is being set up: messages wait in it until the subscribe
     /// reply is queued.
     pub(crate) gate: Option<Arc<Gate>>,
-    /// Set once a positioned subscriber was told to resubscribe (2500 "insufficient state"):
-    /// from then on it gets no publication of the channel, so that nothing after the gap
-    /// reaches it before the push, which would move its recovery position past the gap.
-    pub(crate) stale: AtomicBool,
+    /// Where a positioned subscriber is in the channel's stream.
+    pub(crate) track: Arc<Track>,
+}
+
+/// A positioned subscriber's place in the channel's stream, shared with its gate.
+///
+/// It gets a publication only when the publication's offset follows the last one it has (the
+/// subscribe reply's position, then each publication delivered). Anything else (a gap, a repeat
+/// of an offset it has, or offsets starting over in a new epoch, which look alike without the
+/// epoch) makes it stale: it is told to resubscribe (2500 "insufficient state") and gets no
+/// publication of the channel until it does, so its recovery starts from what it really has.
+#[derive(Debug)]
+pub(crate) struct Track {
+    /// Offset of the last publication it has; [`UNKNOWN`] until the subscribe reply sets it
+    /// (or, for a subscriber without a gate, until the first publication).
+    position: AtomicU64,
+    /// Told to resubscribe.
+    stale: AtomicBool,
+}
+
+/// [`Track::position`] before it is known.
+const UNKNOWN: u64 = u64::MAX;
+
+impl Default for Track {
+    fn default() -> Self {
+        Self {
+            position: AtomicU64::new(UNKNOWN),
+            stale: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Track {
+    fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Whether the publication at `offset` goes to the subscriber; moves its position when it
+    /// does. False means: a gap or a repeat, the subscriber must be told (see [`Track::tell`]).
+    fn admit(&self, offset: u64) -> bool {
+        let position = self.position.load(Ordering::Relaxed);
+        if position == UNKNOWN || offset == position + 1 {
+            self.position.store(offset, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Marks the subscriber stale and queues the 2500 push, once.
+    fn tell(&self, out: &Outbound, channel: &str) {
+        if !self.stale.swap(true, Ordering::Relaxed) {
+            out.push_control(Control::InsufficientState {
+                channel: channel.to_string(),
+            });
+        }
+    }
 }
 
 /// Holds a new subscriber's messages until its subscribe reply is queued, so that the reply
@@ -47,6 +99,8 @@ pub(crate) struct Subscriber {
 #[derive(Debug)]
 pub(crate) struct Gate {
     out: Arc<Outbound>,
+    /// The subscriber's place in the stream, for positioned subscribers.
+    track: Arc<Track>,
     /// The held messages (with their offsets) and their bytes; `None` once open.
     held: parking_lot::Mutex<Option<Held>>,
 }
@@ -58,19 +112,25 @@ struct Held {
 }
 
 impl Gate {
-    /// A closed gate in front of `out`.
-    pub(crate) fn closed(out: Arc<Outbound>) -> Arc<Self> {
+    /// A closed gate in front of `out`, for a subscriber with `track`.
+    pub(crate) fn closed(out: Arc<Outbound>, track: Arc<Track>) -> Arc<Self> {
         Arc::new(Self {
             out,
+            track,
             held: parking_lot::Mutex::new(Some(Held::default())),
         })
     }
 
-    /// Holds `message` while closed; otherwise queues it.
-    fn offer(&self, offset: u64, message: &Bytes) -> PushOutcome {
+    /// Holds `message` while closed; otherwise hands it on (`None`: a positioned subscriber's
+    /// gap or repeat, see [`Track`]).
+    fn offer(&self, offset: u64, message: &Bytes, positioned: bool) -> Option<PushOutcome> {
         let mut held = self.held.lock();
         let Some(buffer) = held.as_mut() else {
-            return self.out.push(message.clone());
+            drop(held);
+            if positioned && offset != 0 && !self.track.admit(offset) {
+                return None;
+            }
+            return Some(self.out.push(message.clone()));
         };
         let outcome = self.out.reserve(message.len());
         if outcome == PushOutcome::Queued {
@@ -80,19 +140,36 @@ impl Gate {
             // The queue is closed (now or before): nothing held will ever be sent.
             *buffer = Held::default();
         }
-        outcome
+        Some(outcome)
     }
 
     /// Queues `reply`, then the held messages except publications at or below `delivered`
-    /// (already in the reply), and opens the gate.
-    pub(crate) fn open(&self, reply: Bytes, delivered: u64) -> PushOutcome {
+    /// (already in the reply), and opens the gate. For a positioned subscriber, `delivered`
+    /// becomes its position, and held publications must follow it: at the first that does
+    /// not, the rest are dropped and the subscriber is told to resubscribe (on `channel`).
+    pub(crate) fn open(
+        &self,
+        reply: Bytes,
+        delivered: u64,
+        positioned: bool,
+        channel: &str,
+    ) -> PushOutcome {
         let mut held = self.held.lock();
         let Held { messages, bytes } = held.take().unwrap_or_default();
         self.out.release(bytes);
+        if positioned {
+            self.track.position.store(delivered, Ordering::Relaxed);
+        }
         let mut outcome = self.out.push(reply);
         for (offset, message) in messages {
-            if offset == 0 || offset > delivered {
+            if offset == 0 {
                 outcome = self.out.push(message);
+            } else if offset <= delivered || self.track.is_stale() {
+                // Already in the reply, or after a gap.
+            } else if !positioned || self.track.admit(offset) {
+                outcome = self.out.push(message);
+            } else {
+                self.track.tell(&self.out, channel);
             }
         }
         outcome
@@ -108,13 +185,10 @@ impl Drop for Gate {
     }
 }
 
-/// A channel's local subscribers and the last offset this node delivered.
+/// A channel's local subscribers.
 #[derive(Debug, Default)]
 pub(crate) struct Channel {
     subs: HashMap<u64, Subscriber>,
-    /// Offset of the last publication seen (0 before any, or without history): a publication
-    /// that does not follow it means this node missed something.
-    last_offset: AtomicU64,
 }
 
 type Shard = RwLock<HashMap<Box<str>, Channel>>;
@@ -226,22 +300,32 @@ impl Registry {
         let Some(ch) = shard.get(channel) else {
             return 0;
         };
-        self.deliver(ch, message, offset, filter)
+        self.deliver(ch, channel, message, offset, filter)
     }
 
     /// [`Registry::broadcast`] with the channel's shard already locked.
     fn deliver(
         &self,
         ch: &Channel,
+        channel: &str,
         message: &Bytes,
         offset: u64,
         filter: impl Fn(&Subscriber) -> bool,
     ) -> usize {
         let mut delivered = 0;
         for sub in ch.subs.values().filter(|s| filter(s)) {
+            let tracked = sub.positioned && offset != 0;
+            if tracked && sub.track.is_stale() {
+                continue;
+            }
             let outcome = match &sub.gate {
-                Some(gate) => gate.offer(offset, message),
-                None => sub.out.push(message.clone()),
+                Some(gate) => gate.offer(offset, message, sub.positioned),
+                None if tracked && !sub.track.admit(offset) => None,
+                None => Some(sub.out.push(message.clone())),
+            };
+            let Some(outcome) = outcome else {
+                sub.track.tell(&sub.out, channel);
+                continue;
             };
             // An overflow closes the queue with 3008; the connection's transport counts the
             // disconnect when it closes (once, whichever push overflowed).
@@ -262,21 +346,10 @@ impl BrokerEvents for Registry {
         let Some(ch) = shard.get(channel) else {
             return;
         };
-        let offset = publication.offset;
-        let in_sequence = offset == 0 || {
-            let previous = ch.last_offset.swap(offset, Ordering::Relaxed);
-            previous == 0 || offset == previous + 1
-        };
+        // Positioned subscribers get it only if it follows what each has (see `Track`);
+        // the others get everything.
         let message = encode_publication_push(channel, publication);
-        if in_sequence {
-            self.deliver(ch, &message, offset, |s| !s.stale.load(Ordering::Relaxed));
-            return;
-        }
-        // A gap, a repeat or a new epoch: positioned subscribers must not see this publication
-        // nor any later one (their next recovery would start after it); they resubscribe and
-        // recover instead.
-        self.deliver(ch, &message, offset, |s| !s.positioned);
-        tell_positioned(ch, channel);
+        self.deliver(ch, channel, &message, publication.offset, |_| true);
     }
 
     fn join(&self, channel: &str, info: &ClientInfo) {
@@ -292,7 +365,6 @@ impl BrokerEvents for Registry {
     fn gap(&self, channel: &str) {
         let shard = self.shard(channel).read();
         if let Some(ch) = shard.get(channel) {
-            ch.last_offset.store(0, Ordering::Relaxed);
             tell_positioned(ch, channel);
         }
     }
@@ -302,12 +374,7 @@ impl BrokerEvents for Registry {
 /// the channel's publications to them until they do (see [`Subscriber::stale`]).
 fn tell_positioned(ch: &Channel, channel: &str) {
     for sub in ch.subs.values().filter(|s| s.positioned) {
-        if sub.stale.swap(true, Ordering::Relaxed) {
-            continue; // already told
-        }
-        sub.out.push_control(Control::InsufficientState {
-            channel: channel.to_string(),
-        });
+        sub.track.tell(&sub.out, channel);
     }
 }
 
@@ -334,7 +401,7 @@ mod tests {
             join_leave: false,
             positioned,
             gate: None,
-            stale: AtomicBool::new(false),
+            track: Arc::default(),
         }
     }
 
@@ -384,5 +451,82 @@ mod tests {
             fresh.poll_drain(&mut cx, &mut Vec::new(), 1, true),
             Poll::Pending
         );
+    }
+
+    /// A gated (subscribing) positioned subscriber with its reply at `delivered`.
+    fn subscribed(registry: &Registry, channel: &str, key: u64, delivered: u64) -> Arc<Outbound> {
+        let out = Arc::new(Outbound::new(1 << 20));
+        let track = Arc::new(Track::default());
+        let gate = Gate::closed(out.clone(), track.clone());
+        let mut sub = subscriber(&out, true);
+        sub.gate = Some(gate.clone());
+        sub.track = track;
+        registry.add(channel, key, sub);
+        let _ = gate.open(
+            Bytes::from_static(b"{\"id\":1,\"subscribe\":{}}"),
+            delivered,
+            true,
+            channel,
+        );
+        registry.ungate(channel, key);
+        // The reply.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut batch = Vec::new();
+        let _ = out.poll_drain(&mut cx, &mut batch, 1, false);
+        out
+    }
+
+    /// A live copy of a publication the subscribe reply already covered (it reached this node
+    /// after the reply) is not delivered a second time: the subscriber is told to resubscribe
+    /// instead, and gets nothing more until it does.
+    #[test]
+    fn a_repeat_after_the_reply_is_not_delivered_twice() {
+        let registry = Registry::new(Arc::new(Metrics::default()));
+        let out = subscribed(&registry, "ch", 1, 5);
+        registry.publication("ch", &publication(5));
+        registry.publication("ch", &publication(6));
+        assert_eq!(queued(&out), (vec![], true));
+        // One that follows the reply is delivered.
+        let next = subscribed(&registry, "other", 2, 5);
+        registry.publication("other", &publication(6));
+        registry.publication("other", &publication(7));
+        assert_eq!(queued(&next), (vec![6, 7], false));
+    }
+
+    /// Publications crossing on their way to the node (7 before 6) are a gap for a subscriber
+    /// at 5, never a silent skip of 6.
+    #[test]
+    fn crossing_publications_are_a_gap_not_a_loss() {
+        let registry = Registry::new(Arc::new(Metrics::default()));
+        let out = subscribed(&registry, "ch", 1, 5);
+        registry.publication("ch", &publication(7));
+        registry.publication("ch", &publication(6));
+        assert_eq!(queued(&out), (vec![], true));
+    }
+
+    /// Publications held during the subscribe must follow the reply's position too.
+    #[test]
+    fn held_publications_after_a_gap_are_not_delivered() {
+        let registry = Registry::new(Arc::new(Metrics::default()));
+        let out = Arc::new(Outbound::new(1 << 20));
+        let track = Arc::new(Track::default());
+        let gate = Gate::closed(out.clone(), track.clone());
+        let mut sub = subscriber(&out, true);
+        sub.gate = Some(gate.clone());
+        sub.track = track;
+        registry.add("ch", 1, sub);
+        for offset in [3, 4, 6, 7] {
+            registry.publication("ch", &publication(offset));
+        }
+        let _ = gate.open(
+            Bytes::from_static(b"{\"id\":1,\"subscribe\":{}}"),
+            3,
+            true,
+            "ch",
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut batch = Vec::new();
+        let _ = out.poll_drain(&mut cx, &mut batch, 1, false);
+        assert_eq!(queued(&out), (vec![4], true));
     }
 }

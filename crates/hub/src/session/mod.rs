@@ -36,7 +36,7 @@ use crate::handlers::{
 use crate::hub::{ClientEntry, Hub, TransportInfo};
 use crate::outbound::{Control, Outbound, PushOutcome};
 use crate::proxy::{parse_answer, ProxyAnswer, ProxyKind};
-use crate::registry::{Gate, Subscriber};
+use crate::registry::{Gate, Subscriber, Track};
 
 /// Prefix of private channels: subscribing needs a subscription token.
 pub const PRIVATE_CHANNEL_PREFIX: char = '$';

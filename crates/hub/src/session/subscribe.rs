@@ -100,13 +100,14 @@ impl Client {
         let positioned = recoverable || (history && (options.force_positioning || req.positioned));
         sub.presence = options.presence;
         sub.announce = options.join_leave || options.force_push_join_leave;
-        let gate = Gate::closed(self.out.clone());
+        let track = Arc::new(Track::default());
+        let gate = Gate::closed(self.out.clone(), track.clone());
         let subscriber = Subscriber {
             out: self.out.clone(),
             join_leave,
             positioned,
             gate: Some(gate.clone()),
-            stale: Default::default(),
+            track,
         };
         self.join_channel(&req.channel, sub, subscriber).await?;
         // From here on publications wait in the gate until the reply is queued.
@@ -127,7 +128,7 @@ impl Client {
         self.announce_join(&req.channel).await;
         let reply = encode_reply(id, &ReplyResult::Subscribe(result));
         self.hub.metrics().messages_out(1, reply.len() as u64);
-        let outcome = gate.open(reply, delivered);
+        let outcome = gate.open(reply, delivered, positioned, &req.channel);
         self.hub.inner.registry.ungate(&req.channel, self.key);
         if outcome == PushOutcome::Overflow {
             return Err(DisconnectCode::SLOW.into());
@@ -342,7 +343,7 @@ impl Client {
             join_leave: options.force_push_join_leave,
             positioned: false,
             gate: None,
-            stale: Default::default(),
+            track: Default::default(),
         };
         self.join_channel(channel, sub, subscriber).await?;
         self.announce_join(channel).await;
