@@ -332,3 +332,145 @@ fn public_types_are_send_and_sync() {
     check::<switchboard::ClientContext>();
     let _ = ErrorCode::INTERNAL;
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The notifications come in the order things happened: subscribed, unsubscribed (by the
+/// client, and for every subscription left when the connection ends), then disconnect with
+/// the code the server closed with.
+#[tokio::test]
+async fn notifications_follow_the_subscriptions_and_the_end_of_the_connection() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
+    let node = Node::builder()
+        .on_connect(|_ctx, _req| async move { Ok(ConnectReply::user("ann")) })
+        .on_subscribed(move |ctx, channel| {
+            let t = t1.clone();
+            async move {
+                let _ = t.send(format!("subscribed {} {channel}", ctx.user()));
+            }
+        })
+        .on_unsubscribed(move |_ctx, channel| {
+            let t = t2.clone();
+            async move {
+                let _ = t.send(format!("unsubscribed {channel}"));
+            }
+        })
+        .on_disconnect(move |ctx, code| {
+            let t = t3.clone();
+            async move {
+                let _ = t.send(format!("disconnect {} {}", ctx.user(), code.code));
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let server = start(node.clone()).await;
+    let client = connect(&url(server.addr(), ""), None).await.unwrap();
+    let a = client.subscribe("a").await.unwrap();
+    a.unsubscribe().await.unwrap();
+    let _b = client.subscribe("b").await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        seen,
+        ["subscribed ann a", "unsubscribed a", "subscribed ann b"]
+    );
+    node.disconnect("ann", DisconnectCode::FORCE_NO_RECONNECT)
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        rest.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    rest.sort();
+    assert_eq!(rest, ["disconnect ann 3503", "unsubscribed b"]);
+    server.shutdown().await;
+}
+
+/// A connection whose expiry comes is extended by the refresh handler, without the client
+/// doing anything; one the handler declares expired is closed with 3005.
+#[tokio::test]
+async fn the_refresh_handler_extends_or_ends_an_expiring_connection() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let node = Node::builder()
+        .on_connect(|_ctx, req| async move {
+            let user: String = req.data.ok_or(ErrorCode::UNAUTHORIZED)?.decode()?;
+            Ok(ConnectReply::user(user).with_expire_at(unix_now() + 1))
+        })
+        .on_refresh(move |ctx| {
+            let t = tx.clone();
+            async move {
+                let _ = t.send(ctx.user().to_string());
+                if ctx.user() == "keep" {
+                    Ok(switchboard::RefreshReply::until(unix_now() + 3600))
+                } else {
+                    Ok(switchboard::RefreshReply::expired())
+                }
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let server = start(node).await;
+    let keep = connect(&url(server.addr(), ""), Some(json!("keep")))
+        .await
+        .unwrap();
+    let mut kept = keep.subscribe("k").await.unwrap();
+    let drop_me = connect(&url(server.addr(), ""), Some(json!("drop")))
+        .await
+        .unwrap();
+    let mut events = drop_me.events();
+    let mut asked = Vec::new();
+    for _ in 0..2 {
+        asked.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    asked.sort();
+    assert_eq!(asked, ["drop", "keep"]);
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(switchboard_client::ClientEvent::Disconnected { code, .. }) =
+                events.recv().await
+            {
+                return code;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 3005);
+    // The kept connection still works past its first expiry.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server_publish(&keep, "k").await;
+    assert_eq!(next_data(&mut kept).await, json!({"still": "here"}));
+    server.shutdown().await;
+}
+
+async fn server_publish(client: &Client, channel: &str) {
+    client
+        .publish(channel, json!({"still": "here"}))
+        .await
+        .unwrap();
+}
