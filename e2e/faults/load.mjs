@@ -21,10 +21,10 @@ import WebSocket from 'ws';
 
 import { now } from './clock.mjs';
 
-/** The publisher. `stats()` and `records` feed the verdict. */
+/** The publisher; its `records` (one per publication, by seq) feed the verdict. */
 export class Publisher {
   constructor({ nodes, channels, rate, apiKey, runId, attemptTimeoutMs = 5000, maxAttempts = 5, maxInFlight = 600 }) {
-    this.nodes = nodes; // [{ name, httpUrl, down?: bool }]
+    this.nodes = nodes; // [{ name, httpUrl }]
     this.channels = channels;
     this.rate = rate;
     this.apiKey = apiKey;
