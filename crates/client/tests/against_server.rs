@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 use switchboard_client::{Backoff, Client, ClientError, ClientEvent, SubscriptionEvent};
-use switchboard_proto::DisconnectCode;
 use switchboard_http::config::Config;
 use switchboard_http::Server;
+use switchboard_proto::DisconnectCode;
 use tokio::sync::broadcast;
 use tokio::time::timeout;
 

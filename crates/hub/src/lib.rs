@@ -37,9 +37,9 @@ mod broker;
 mod channel;
 pub mod cluster;
 pub mod config;
-pub mod emulation;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod emulation;
 pub mod handlers;
 mod hub;
 mod interest;
