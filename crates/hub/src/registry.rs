@@ -455,6 +455,14 @@ mod tests {
 
     /// A gated (subscribing) positioned subscriber with its reply at `delivered`.
     fn subscribed(registry: &Registry, channel: &str, key: u64, delivered: u64) -> Arc<Outbound> {
+        let (out, gate) = subscribing(registry, channel, key);
+        open(&out, &gate, channel, delivered);
+        registry.ungate(channel, key);
+        out
+    }
+
+    /// A positioned subscriber whose subscribe is under way (its gate closed).
+    fn subscribing(registry: &Registry, channel: &str, key: u64) -> (Arc<Outbound>, Arc<Gate>) {
         let out = Arc::new(Outbound::new(1 << 20));
         let track = Arc::new(Track::default());
         let gate = Gate::closed(out.clone(), track.clone());
@@ -462,18 +470,15 @@ mod tests {
         sub.gate = Some(gate.clone());
         sub.track = track;
         registry.add(channel, key, sub);
-        let _ = gate.open(
-            Bytes::from_static(b"{\"id\":1,\"subscribe\":{}}"),
-            delivered,
-            true,
-            channel,
-        );
-        registry.ungate(channel, key);
-        // The reply.
+        (out, gate)
+    }
+
+    /// Opens `gate` with a reply at `delivered` and takes the reply off the queue.
+    fn open(out: &Outbound, gate: &Gate, channel: &str, delivered: u64) {
+        let reply = Bytes::from_static(b"{\"id\":1,\"subscribe\":{}}");
+        let _ = gate.open(reply, delivered, true, channel);
         let mut cx = Context::from_waker(Waker::noop());
-        let mut batch = Vec::new();
-        let _ = out.poll_drain(&mut cx, &mut batch, 1, false);
-        out
+        let _ = out.poll_drain(&mut cx, &mut Vec::new(), 1, false);
     }
 
     /// A live copy of a publication the subscribe reply already covered (it reached this node
@@ -508,25 +513,11 @@ mod tests {
     #[test]
     fn held_publications_after_a_gap_are_not_delivered() {
         let registry = Registry::new(Arc::new(Metrics::default()));
-        let out = Arc::new(Outbound::new(1 << 20));
-        let track = Arc::new(Track::default());
-        let gate = Gate::closed(out.clone(), track.clone());
-        let mut sub = subscriber(&out, true);
-        sub.gate = Some(gate.clone());
-        sub.track = track;
-        registry.add("ch", 1, sub);
+        let (out, gate) = subscribing(&registry, "ch", 1);
         for offset in [3, 4, 6, 7] {
             registry.publication("ch", &publication(offset));
         }
-        let _ = gate.open(
-            Bytes::from_static(b"{\"id\":1,\"subscribe\":{}}"),
-            3,
-            true,
-            "ch",
-        );
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut batch = Vec::new();
-        let _ = out.poll_drain(&mut cx, &mut batch, 1, false);
+        open(&out, &gate, "ch", 3);
         assert_eq!(queued(&out), (vec![4], true));
     }
 }

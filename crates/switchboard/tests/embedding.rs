@@ -333,6 +333,20 @@ fn public_types_are_send_and_sync() {
     let _ = ErrorCode::INTERNAL;
 }
 
+/// The next `n` strings from `rx`, each within [`WAIT`].
+async fn take(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    out
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -375,15 +389,7 @@ async fn notifications_follow_the_subscriptions_and_the_end_of_the_connection() 
     let a = client.subscribe("a").await.unwrap();
     a.unsubscribe().await.unwrap();
     let _b = client.subscribe("b").await.unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(
-            tokio::time::timeout(WAIT, rx.recv())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let seen = take(&mut rx, 3).await;
     assert_eq!(
         seen,
         ["subscribed ann a", "unsubscribed a", "subscribed ann b"]
@@ -391,15 +397,7 @@ async fn notifications_follow_the_subscriptions_and_the_end_of_the_connection() 
     node.disconnect("ann", DisconnectCode::FORCE_NO_RECONNECT)
         .await
         .unwrap();
-    let mut rest = Vec::new();
-    for _ in 0..2 {
-        rest.push(
-            tokio::time::timeout(WAIT, rx.recv())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let mut rest = take(&mut rx, 2).await;
     rest.sort();
     assert_eq!(rest, ["disconnect ann 3503", "unsubscribed b"]);
     server.shutdown().await;
@@ -438,15 +436,7 @@ async fn the_refresh_handler_extends_or_ends_an_expiring_connection() {
         .await
         .unwrap();
     let mut events = drop_me.events();
-    let mut asked = Vec::new();
-    for _ in 0..2 {
-        asked.push(
-            tokio::time::timeout(WAIT, rx.recv())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let mut asked = take(&mut rx, 2).await;
     asked.sort();
     assert_eq!(asked, ["drop", "keep"]);
     let code = tokio::time::timeout(WAIT, async {

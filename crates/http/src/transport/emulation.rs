@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 use crate::app::AppState;
+use crate::transport::work::{Session, Work};
 
 /// Most messages written in one chunk of the stream.
 const MAX_BATCH_ITEMS: usize = 256;
@@ -323,29 +324,6 @@ pub(crate) fn open(state: AppState, headers: &HeaderMap, first: Bytes, format: F
     response
 }
 
-/// What the session does between two idle moments.
-enum Work {
-    Frame(Bytes),
-    Timer(Instant),
-    Controls,
-}
-
-type Busy = Pin<Box<dyn Future<Output = (Box<Client>, Result<(), DisconnectCode>)> + Send>>;
-
-enum Session {
-    Idle(Box<Client>),
-    Busy(Busy),
-}
-
-async fn perform(mut client: Box<Client>, work: Work) -> (Box<Client>, Result<(), DisconnectCode>) {
-    let result = match work {
-        Work::Frame(text) => client.handle_frame(&text, Instant::now()).await,
-        Work::Timer(now) => client.on_timer(now).await,
-        Work::Controls => client.apply_controls().await,
-    };
-    (client, result)
-}
-
 enum Event {
     /// The stream can take a chunk and messages are queued.
     Write,
@@ -374,7 +352,7 @@ async fn run(
     let mut deadline = client.next_deadline();
     let timer = tokio::time::sleep_until(deadline.into());
     tokio::pin!(timer);
-    let mut session = Session::Busy(Box::pin(perform(client, Work::Frame(first))));
+    let mut session = Session::Idle(client).start(Work::Frame(first));
     let ending = loop {
         let event = poll_fn(|cx| {
             poll_event(
@@ -398,13 +376,13 @@ async fn run(
                     break None;
                 }
             }
-            Event::Controls => session = start(session, Work::Controls),
+            Event::Controls => session = session.start(Work::Controls),
             Event::Closed(code) => break Some(code),
-            Event::Command(frame) => session = start(session, Work::Frame(frame)),
+            Event::Command(frame) => session = session.start(Work::Frame(frame)),
             Event::Timer => {
                 let now = Instant::now();
                 if now >= deadline && matches!(session, Session::Idle(_)) {
-                    session = start(session, Work::Timer(now));
+                    session = session.start(Work::Timer(now));
                     deadline = now + Duration::from_secs(86_400);
                 }
                 timer.as_mut().reset(deadline.into());
@@ -443,13 +421,6 @@ async fn run(
         if let Some(tx) = body.get_ref() {
             let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(chunk.freeze())).await;
         }
-    }
-}
-
-fn start(session: Session, work: Work) -> Session {
-    match session {
-        Session::Idle(client) => Session::Busy(Box::pin(perform(client, work))),
-        Session::Busy(_) => unreachable!("work started on a busy session"),
     }
 }
 

@@ -6,3 +6,4 @@
 pub mod emulation;
 pub mod uni;
 pub mod websocket;
+mod work;

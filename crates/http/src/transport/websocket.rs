@@ -18,7 +18,6 @@ use std::collections::VecDeque;
 use std::fmt::Display;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -33,6 +32,7 @@ use switchboard_proto::DisconnectCode;
 use switchboard_ws::{validate_upgrade, Message, Role, WsConfig, WsSocket};
 
 use crate::app::AppState;
+use crate::transport::work::{Session, Work};
 
 /// Most messages coalesced into one WebSocket frame.
 pub const MAX_BATCH_ITEMS: usize = 256;
@@ -177,47 +177,6 @@ enum Event {
     Timer,
     /// The session finished a piece of work and is idle again.
     Done(Box<Client>, Result<(), DisconnectCode>),
-}
-
-/// What the session does between two idle moments.
-enum Work {
-    /// One text frame of commands.
-    Frame(Bytes),
-    /// Timers due (pings, pong deadline, expiry, presence refresh).
-    Timer(Instant),
-    /// Server API requests queued for this connection.
-    Controls,
-}
-
-/// Work in progress: it owns the session until it is done, so the connection task can go on
-/// writing (publications, replies) while a command waits on a broker or a proxy.
-type Busy = Pin<Box<dyn Future<Output = (Box<Client>, Result<(), DisconnectCode>)> + Send>>;
-
-/// The session, or the work that holds it.
-enum Session {
-    Idle(Box<Client>),
-    Busy(Busy),
-}
-
-impl Session {
-    /// Hands the idle session to `work`.
-    fn start(self, work: Work) -> Self {
-        match self {
-            Session::Idle(client) => Session::Busy(Box::pin(perform(client, work))),
-            // The loop starts work only on an idle session (it neither reads nor takes
-            // controls or timers while busy), so this arm is never taken.
-            Session::Busy(_) => unreachable!("work started on a busy session"),
-        }
-    }
-}
-
-async fn perform(mut client: Box<Client>, work: Work) -> (Box<Client>, Result<(), DisconnectCode>) {
-    let result = match work {
-        Work::Frame(text) => client.handle_frame(&text, Instant::now()).await,
-        Work::Timer(now) => client.on_timer(now).await,
-        Work::Controls => client.apply_controls().await,
-    };
-    (client, result)
 }
 
 /// Drives one connection until it ends.
