@@ -234,14 +234,35 @@ pub(crate) fn decode_presence(payload: &[u8]) -> Option<(u64, ClientInfo)> {
     Some((p.x, p.i))
 }
 
-/// An idempotency entry: claimed by a publisher (no position yet) or done (the result).
+/// An idempotency entry: claimed by a publisher (no position yet), done (the result), or
+/// unsettled (an attempt whose append outcome is unknown).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Idempotency {
-    /// Expiry (ms since the Unix epoch) of the claim or of the result.
+    /// Expiry (ms since the Unix epoch) of the claim, of the result or of the unsettled attempt.
     pub(crate) x: u64,
     /// The result, once published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) r: Option<StreamPosition>,
+    /// An earlier attempt whose append was sent without an answer: a retry settles it at the
+    /// same offset instead of publishing again (see `idempotency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) u: Option<Unsettled>,
+}
+
+/// A publish attempt with an unknown outcome: the epoch and offset its append was sent with, the
+/// offset's pending deadline, and until when a retry is working on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Unsettled {
+    /// The epoch of the attempt.
+    pub(crate) e: String,
+    /// Its offset.
+    pub(crate) o: u64,
+    /// The offset's pending deadline (ms since the Unix epoch): until then readers wait for it,
+    /// so the offset may still be stored; after it, readers count it as a hole.
+    pub(crate) d: u64,
+    /// Until when a retry holds it (ms since the Unix epoch; 0: nobody).
+    #[serde(default)]
+    pub(crate) b: u64,
 }
 
 #[cfg(test)]

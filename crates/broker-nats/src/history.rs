@@ -13,9 +13,9 @@ use switchboard_hub::{BrokerError, HistoryFilter, HistoryResult, PublishOptions}
 use switchboard_proto::{Publication, StreamPosition};
 
 use crate::broker::Shared;
-use crate::codec::{self, ms, now_ms, token, Meta};
+use crate::codec::{self, ms, now_ms, token, Meta, Unsettled};
 use crate::connection::unavailable;
-use crate::idempotency;
+use crate::idempotency::{self, Claim};
 use crate::offsets::ChannelState;
 use crate::store::Store;
 
@@ -45,25 +45,54 @@ impl Shared {
         let idem_key = options
             .idempotency()
             .map(|k| idempotency::bucket_key(&key, k));
+        let mut unsettled = None;
         if let Some(idem_key) = &idem_key {
-            if let Err(position) = self.claim(&store, idem_key, options).await? {
-                return Ok(position);
+            match self.claim(&store, idem_key, options).await? {
+                Claim::Done(position) => return Ok(position),
+                Claim::Owned { unsettled: u } => unsettled = u,
             }
         }
 
-        let result = self
-            .append_and_publish(&store, &key, &mut state, subject, &mut publication, options)
-            .await;
+        let keyed = idem_key.is_some();
+        let (result, unsettled) = match unsettled {
+            Some(u) => {
+                self.settle_unsettled(
+                    &store,
+                    &key,
+                    &mut state,
+                    subject,
+                    &mut publication,
+                    options,
+                    u,
+                )
+                .await
+            }
+            None => {
+                self.append_and_publish(
+                    &store,
+                    &key,
+                    &mut state,
+                    subject,
+                    &mut publication,
+                    options,
+                    keyed,
+                )
+                .await
+            }
+        };
 
         if let Some(idem_key) = &idem_key {
-            self.settle(&store, channel, idem_key, &result, options)
+            self.settle(&store, channel, idem_key, &result, unsettled, options)
                 .await;
         }
         result
     }
 
     /// With the channel's publish lock held: gives the publication its offset, stores it in the
-    /// history stream, trims, and publishes it to subscribed nodes.
+    /// history stream, trims, and publishes it to subscribed nodes. When the append was sent
+    /// without an answer and the publish has an idempotency key (`keyed`), the offset stays
+    /// reserved for a retry, which settles the attempt returned with the error.
+    #[allow(clippy::too_many_arguments)]
     async fn append_and_publish(
         &self,
         store: &Store,
@@ -72,18 +101,23 @@ impl Shared {
         subject: String,
         publication: &mut Publication,
         options: &PublishOptions,
-    ) -> Result<StreamPosition, BrokerError> {
+        keyed: bool,
+    ) -> (Result<StreamPosition, BrokerError>, Option<Unsettled>) {
         if !options.uses_history() {
             let payload = codec::encode_publication("", publication);
-            self.bounded("publish", self.client.publish(subject, payload.into()))
-                .await?;
-            return Ok(StreamPosition::default());
+            let sent = self
+                .bounded("publish", self.client.publish(subject, payload.into()))
+                .await;
+            return (sent.map(|()| StreamPosition::default()), None);
         }
         let history_subject = format!("{}{key}", self.names.history);
         let mut attempt = 0;
         let meta = loop {
             attempt += 1;
-            let meta = self.allocate(store, key, state, options).await?;
+            let meta = match self.allocate(store, key, state, options).await {
+                Ok(meta) => meta,
+                Err(e) => return (Err(e), None),
+            };
             publication.offset = meta.top;
             match self
                 .append(&history_subject, key, &meta, publication, options)
@@ -94,7 +128,27 @@ impl Shared {
                 // reported failed (and its offset given back) landed after all. Take the next.
                 Ok(false) if attempt < 3 => continue,
                 Ok(false) => {
-                    return Err(unavailable("history append", "offset taken repeatedly"));
+                    return (
+                        Err(unavailable("history append", "offset taken repeatedly")),
+                        None,
+                    );
+                }
+                Err(e @ BrokerError::OutcomeUnknown(_)) if keyed => {
+                    // The append may be stored, now or later: keep its offset for the retry
+                    // with the same key, which stores it at most once.
+                    state.reserve_last();
+                    let deadline = meta
+                        .pending
+                        .iter()
+                        .find(|p| p.o == meta.top)
+                        .map_or(0, |p| p.d);
+                    let unsettled = Unsettled {
+                        e: meta.epoch.clone(),
+                        o: meta.top,
+                        d: deadline,
+                        b: 0,
+                    };
+                    return (Err(e), Some(unsettled));
                 }
                 Err(e) => {
                     if !self.give_back(store, key, state, &meta).await {
@@ -103,10 +157,112 @@ impl Shared {
                             "offset of a failed append not given back; it stays a hole"
                         );
                     }
-                    return Err(e);
+                    return (Err(e), None);
                 }
             }
         };
+        self.send_stored(
+            store,
+            &history_subject,
+            subject,
+            &meta,
+            publication,
+            options,
+        )
+        .await;
+        (Ok(meta.position()), None)
+    }
+
+    /// A retry of a publish whose earlier attempt `u` (same idempotency key) has an unknown
+    /// outcome. While readers still wait for its offset, the publication is appended at that
+    /// offset with the attempt's message id: whichever copy JetStream gets first is stored, the
+    /// other is refused as a duplicate. Once readers may have skipped the offset as a hole, it is
+    /// only looked up: stored, it is the result; missing, the publication is published anew.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_unsettled(
+        &self,
+        store: &Store,
+        key: &str,
+        state: &mut ChannelState,
+        subject: String,
+        publication: &mut Publication,
+        options: &PublishOptions,
+        u: Unsettled,
+    ) -> (Result<StreamPosition, BrokerError>, Option<Unsettled>) {
+        let meta = Meta {
+            epoch: u.e.clone(),
+            top: u.o,
+            expires: 0,
+            size: options.history_size as u64,
+            pending: Vec::new(),
+        };
+        let history_subject = format!("{}{key}", self.names.history);
+        // An append takes two round trips at most; it must be readable before the deadline.
+        let margin = ms(self.config.request_timeout).saturating_mul(2);
+        if now_ms().saturating_add(margin) < u.d {
+            publication.offset = u.o;
+            return match self
+                .append(&history_subject, key, &meta, publication, options)
+                .await
+            {
+                // Stored now, or stored already by the first attempt (the same publication).
+                Ok(_) => {
+                    self.send_stored(
+                        store,
+                        &history_subject,
+                        subject,
+                        &meta,
+                        publication,
+                        options,
+                    )
+                    .await;
+                    (Ok(meta.position()), None)
+                }
+                Err(e) => (Err(e), Some(u)),
+            };
+        }
+        match self.stored_at(store, &history_subject, &u.e, u.o).await {
+            Ok(true) => (Ok(meta.position()), None),
+            Ok(false) => {
+                self.append_and_publish(store, key, state, subject, publication, options, true)
+                    .await
+            }
+            Err(e) => (Err(e), Some(u)),
+        }
+    }
+
+    /// Whether the history stream holds offset `offset` of epoch `epoch`.
+    async fn stored_at(
+        &self,
+        store: &Store,
+        history_subject: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<bool, BrokerError> {
+        let messages = self
+            .read_subject(
+                &store.history,
+                history_subject.to_string(),
+                DeliverPolicy::All,
+            )
+            .await?;
+        Ok(messages.iter().any(|m| {
+            codec::decode_stored(&m.payload)
+                .is_some_and(|(e, _, p)| e == epoch && p.offset == offset)
+        }))
+    }
+
+    /// After `publication` was stored at `meta`'s offset: publishes it to subscribed nodes and
+    /// trims the history stream now and then.
+    async fn send_stored(
+        &self,
+        store: &Store,
+        history_subject: &str,
+        subject: String,
+        meta: &Meta,
+        publication: &Publication,
+        options: &PublishOptions,
+    ) {
         let payload = codec::encode_publication(&meta.epoch, publication);
         if let Err(e) = self
             .bounded("publish", self.client.publish(subject, payload.into()))
@@ -121,13 +277,16 @@ impl Shared {
         // Trim lazily (reads only return the newest `size` offsets anyway): at most `size`
         // extra publications stay stored.
         let size = options.history_size as u64;
-        if meta.top % size.clamp(1, 100) == 0 {
-            let purge = store.history.purge().filter(history_subject).keep(size);
+        if meta.top.is_multiple_of(size.clamp(1, 100)) {
+            let purge = store
+                .history
+                .purge()
+                .filter(history_subject.to_string())
+                .keep(size);
             if let Err(e) = self.bounded("history trim", purge.into_future()).await {
                 tracing::debug!(error = %e, "history trim failed; the next one catches up");
             }
         }
-        Ok(meta.position())
     }
 
     /// Stores `publication` (with `meta`'s epoch and offset) in the history stream. Its message
@@ -165,6 +324,8 @@ impl Shared {
                 BrokerError::Unavailable(reason) => BrokerError::OutcomeUnknown(reason),
                 e => e,
             })?;
+        #[cfg(feature = "test-hooks")]
+        self.hooks.after_append()?;
         Ok(!ack.duplicate)
     }
 

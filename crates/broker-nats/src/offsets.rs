@@ -31,6 +31,16 @@ pub(crate) struct ChannelState {
     failed: bool,
 }
 
+impl ChannelState {
+    /// The offset this node gave out last stays reserved for a retry of its publish (see
+    /// `idempotency`): neither used again nor dropped from the pending offsets by the next
+    /// allocation, so readers wait for it until its deadline.
+    pub(crate) fn reserve_last(&mut self) {
+        self.last = None;
+        self.failed = false;
+    }
+}
+
 /// How long after its allocation started an offset counts as possibly still being appended: the
 /// allocation and the append's two round trips take at most 3 × `request_timeout`; giving it back
 /// is only tried while a fourth fits before this deadline. The margin covers clock differences

@@ -338,3 +338,69 @@ async fn append_during_a_freeze_leaves_no_hole() {
     );
     kill(server).await;
 }
+
+/// The harness's problem 4: a publish with an idempotency key whose append times out because
+/// NATS is frozen (JetStream stores it when it resumes), retried with the same key once NATS
+/// answers again: the retry answers the first attempt's offset and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_append_during_a_freeze_is_published_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = spare_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let server = start_nats(port, dir.path()).await;
+    let mut config = test_config(&url, &unique_prefix("freeze-keyed"));
+    config.request_timeout = Duration::from_millis(500);
+    let broker = connect(config, "freeze-keyed", None).await;
+    broker.start(Arc::new(Recorder::default()));
+    let ch = "room";
+    let mut keyed = history_options();
+    keyed.idempotency_key = Some("order-2".into());
+    keyed.idempotent_result_ttl = Duration::from_secs(60);
+    let first = broker
+        .publish(ch, publication(1), &history_options())
+        .await
+        .unwrap();
+
+    let hold = broker.hold_appends().await;
+    let publisher = broker.clone();
+    let options = keyed.clone();
+    let second = tokio::spawn(async move { publisher.publish(ch, publication(2), &options).await });
+    eventually(
+        "the publish to get its offset",
+        Duration::from_secs(5),
+        || broker.appends_waiting() == 1,
+    )
+    .await;
+    signal(&server, "-STOP");
+    drop(hold);
+    let failed = second.await.unwrap();
+    assert!(
+        matches!(failed, Err(BrokerError::OutcomeUnknown(_))),
+        "{failed:?}"
+    );
+    signal(&server, "-CONT");
+
+    // The client retries with the same key (the harness retries through another node; one
+    // node is enough here), then publishes on.
+    let retry = broker.publish(ch, publication(2), &keyed).await.unwrap();
+    assert_eq!((retry.offset, &retry.epoch), (2, &first.epoch));
+    let next = broker
+        .publish(ch, publication(3), &history_options())
+        .await
+        .unwrap();
+    assert_eq!(next.offset, 3);
+    let h = broker
+        .history(ch, &HistoryFilter::default(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let got: Vec<(u64, String)> = h
+        .publications
+        .iter()
+        .map(|p| (p.offset, p.data.get().to_string()))
+        .collect();
+    let want: Vec<(u64, String)> = (1..=3)
+        .map(|n| (n, publication(n).data.get().to_string()))
+        .collect();
+    assert_eq!(got, want);
+    kill(server).await;
+}
