@@ -62,6 +62,11 @@ pub use node::{Node, Server};
 /// `SWITCHBOARD_*` variables and flags ([`config::load`]), and its sections.
 pub mod config {
     pub use switchboard_http::config::*;
+    /// The hub's sections of the configuration (`[client]`, `[channel]` with its namespaces,
+    /// `[proxy]`), for configurations built in code.
+    pub use switchboard_hub::{
+        ChannelConfig, ClientConfig, NamespaceOptions, PersonalChannelConfig, ProxyConfig,
+    };
 }
 
 pub use config::Config;
