@@ -48,6 +48,12 @@ const LIBRARIES = {
 export async function servePages(pages) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
+    if (url.pathname === '/favicon.ico') {
+      // Browsers ask for it; a 404 would show up as a console error of the page.
+      res.writeHead(204);
+      res.end();
+      return;
+    }
     if (Object.hasOwn(pages, url.pathname)) {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
       res.end(pages[url.pathname]);
