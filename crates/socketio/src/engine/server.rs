@@ -1,0 +1,567 @@
+//! The Engine.IO HTTP endpoint: handshake, long-polling GET/POST, WebSocket (direct and as an
+//! upgrade), CORS, and the reference server's status codes for bad requests.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use switchboard_ws::{validate_upgrade, Message, Role, WsConfig, WsSocket};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use super::config::EngineConfig;
+use super::packet::{decode_payload, encode_payload, Packet, WsFrame};
+use super::session::{CloseReason, Data, EngineSocket, Registry, Session, Transport};
+
+/// Most packets accepted in one polling payload.
+pub const MAX_PACKETS_PER_PAYLOAD: usize = 4096;
+
+/// What the application does with new sessions.
+pub trait EngineHandler: Send + Sync + 'static {
+    /// A session was opened. `incoming` yields its messages in order and ends when the session
+    /// closes. Called on the task serving the handshake: spawn to do long work.
+    fn on_open(&self, socket: EngineSocket, incoming: mpsc::Receiver<Data>);
+}
+
+/// An Engine.IO server: serve it from any route with [`Engine::handle`].
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    registry: Arc<Registry>,
+    handler: Arc<dyn EngineHandler>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reference server's error codes (JSON body of a 400).
+#[derive(Debug, Clone, Copy)]
+enum ErrorCode {
+    UnknownTransport = 0,
+    UnknownSid = 1,
+    BadHandshakeMethod = 2,
+    BadRequest = 3,
+    UnsupportedProtocolVersion = 5,
+}
+
+impl ErrorCode {
+    fn message(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownTransport => "Transport unknown",
+            ErrorCode::UnknownSid => "Session ID unknown",
+            ErrorCode::BadHandshakeMethod => "Bad handshake method",
+            ErrorCode::BadRequest => "Bad request",
+            ErrorCode::UnsupportedProtocolVersion => "Unsupported protocol version",
+        }
+    }
+}
+
+/// The query parameters Engine.IO uses.
+#[derive(Debug, Default)]
+struct Query<'a> {
+    eio: Option<&'a str>,
+    transport: Option<&'a str>,
+    sid: Option<&'a str>,
+}
+
+fn parse_query(q: &str) -> Query<'_> {
+    let mut out = Query::default();
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "EIO" => out.eio = Some(v),
+            "transport" => out.transport = Some(v),
+            "sid" => out.sid = Some(v),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Engine {
+    /// A server with `config` handing new sessions to `handler`.
+    pub fn new(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                registry: Arc::new(Registry::default()),
+                handler,
+            }),
+        }
+    }
+
+    /// The options it runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Number of open sessions.
+    pub fn sessions(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Serves one HTTP request of the Engine.IO endpoint.
+    pub async fn handle(&self, req: Request) -> Response {
+        let cors = self.cors_headers(req.headers());
+        let mut resp = if req.method() == Method::OPTIONS {
+            preflight(req.headers())
+        } else {
+            self.route(req).await
+        };
+        if let Some(cors) = cors {
+            resp.headers_mut().extend(cors);
+        }
+        resp
+    }
+
+    async fn route(&self, req: Request) -> Response {
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let q = parse_query(&query);
+        if q.eio != Some("4") {
+            return error(ErrorCode::UnsupportedProtocolVersion);
+        }
+        let config = &self.inner.config;
+        match q.transport {
+            Some("polling") if config.polling => {}
+            Some("websocket") if config.websocket => {}
+            _ => return error(ErrorCode::UnknownTransport),
+        }
+        let is_ws = q.transport == Some("websocket");
+        let session = match q.sid {
+            Some(sid) => match self.inner.registry.get(sid) {
+                Some(s)
+                    if s.check_expired()
+                        && s.state.lock().closed != Some(CloseReason::ClientClose) =>
+                {
+                    return error(ErrorCode::UnknownSid)
+                }
+                Some(s) => Some(s),
+                None => return error(ErrorCode::UnknownSid),
+            },
+            None => None,
+        };
+        if is_ws {
+            return self.websocket(req, session);
+        }
+        match (session, req.method().clone()) {
+            (None, Method::GET) => self.open_polling(),
+            (None, _) => error(ErrorCode::BadHandshakeMethod),
+            (Some(s), Method::GET) => poll(s).await,
+            (Some(s), Method::POST) => self.post(s, req).await,
+            (Some(_), _) => error(ErrorCode::BadRequest),
+        }
+    }
+
+    fn handshake(&self, sid: &str, upgrades: bool) -> Packet {
+        let c = &self.inner.config;
+        let upgrades = if upgrades && c.websocket {
+            "[\"websocket\"]"
+        } else {
+            "[]"
+        };
+        Packet::Open(format!(
+            "{{\"sid\":\"{sid}\",\"upgrades\":{upgrades},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+            c.ping_interval.as_millis(),
+            c.ping_timeout.as_millis(),
+            c.max_payload
+        ))
+    }
+
+    fn open_polling(&self) -> Response {
+        let (session, rx) = self
+            .inner
+            .registry
+            .create(Transport::Polling, &self.inner.config);
+        let open = self.handshake(&session.sid, true);
+        self.inner.handler.on_open(
+            EngineSocket {
+                session: session.clone(),
+            },
+            rx,
+        );
+        // The handshake goes out first, with whatever the application queued on open.
+        let mut packets = vec![open];
+        {
+            let mut st = session.state.lock();
+            packets.extend(session.drain(&mut st));
+        }
+        text_response(encode_payload(&packets))
+    }
+
+    async fn post(&self, session: Arc<Session>, req: Request) -> Response {
+        {
+            let mut st = session.state.lock();
+            if st.transport == Transport::WebSocket || st.closed.is_some() {
+                drop(st);
+                return error(ErrorCode::BadRequest);
+            }
+            if st.post_active {
+                drop(st);
+                session.close(CloseReason::ProtocolError);
+                return error(ErrorCode::BadRequest);
+            }
+            st.post_active = true;
+        }
+        let _guard = PostGuard(&session);
+        let max = self.inner.config.max_payload;
+        let body = match axum::body::to_bytes(req.into_body(), max).await {
+            Ok(b) => b,
+            Err(_) => {
+                session.close(CloseReason::TransportError);
+                return (StatusCode::PAYLOAD_TOO_LARGE, "").into_response();
+            }
+        };
+        let packets = match decode_payload(&body, MAX_PACKETS_PER_PAYLOAD) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(sid = %session.sid, error = %e, "engine.io: bad payload");
+                session.close(CloseReason::ProtocolError);
+                return error(ErrorCode::BadRequest);
+            }
+        };
+        for p in packets {
+            if !session.receive(p).await {
+                break;
+            }
+        }
+        let mut resp = (StatusCode::OK, "ok").into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        resp
+    }
+
+    fn websocket(&self, mut req: Request, session: Option<Arc<Session>>) -> Response {
+        let config = &self.inner.config;
+        let ws_config = WsConfig::default().max_message_size(config.max_payload);
+        let upgrade = match validate_upgrade(req.headers(), req.method(), &ws_config) {
+            Ok(u) => u,
+            Err(_) => return error(ErrorCode::BadRequest),
+        };
+        // A WebSocket for a session that is already upgraded (or being upgraded) is accepted
+        // and closed right away, as the reference server does.
+        let mut refused = false;
+        if let Some(s) = &session {
+            let mut st = s.state.lock();
+            if st.transport != Transport::Polling || st.upgrade_claimed || st.closed.is_some() {
+                refused = true;
+            } else {
+                st.upgrade_claimed = true;
+            }
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let mut ws =
+                        WsSocket::with_deflate(io, Role::Server, ws_config, upgrade.deflate);
+                    match session {
+                        _ if refused => {
+                            let _ = ws.close(1000, "").await;
+                        }
+                        Some(s) => engine.run_upgrade(ws, s).await,
+                        None => engine.run_websocket(ws).await,
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "engine.io: websocket upgrade failed"),
+            }
+        });
+        let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        response.headers_mut().extend(upgrade.response_headers());
+        response
+    }
+
+    /// A session opened directly over WebSocket.
+    async fn run_websocket<IO: AsyncRead + AsyncWrite + Unpin>(&self, mut ws: WsSocket<IO>) {
+        let (session, rx) = self
+            .inner
+            .registry
+            .create(Transport::WebSocket, &self.inner.config);
+        let open = self.handshake(&session.sid, false);
+        queue(&mut ws, &open);
+        self.inner.handler.on_open(
+            EngineSocket {
+                session: session.clone(),
+            },
+            rx,
+        );
+        serve_ws(ws, session).await;
+    }
+
+    /// A WebSocket taking over a polling session: `2probe` -> `3probe`, then `5`.
+    async fn run_upgrade<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut ws: WsSocket<IO>,
+        session: Arc<Session>,
+    ) {
+        let deadline = tokio::time::sleep(self.inner.config.upgrade_timeout);
+        tokio::pin!(deadline);
+        let upgraded = loop {
+            let msg = tokio::select! {
+                m = ws.recv() => m,
+                _ = &mut deadline => break false,
+                _ = session.closed.cancelled() => break false,
+            };
+            let text = match msg {
+                Ok(Some(Message::Text(t))) => t,
+                Ok(Some(m)) if !m.is_data() => continue,
+                _ => break false,
+            };
+            match Packet::decode_text(std::str::from_utf8(&text).unwrap_or("")) {
+                Ok(Packet::Ping(d)) if d == "probe" => {
+                    {
+                        let mut st = session.state.lock();
+                        if st.transport == Transport::Polling {
+                            st.transport = Transport::Upgrading;
+                        }
+                    }
+                    session.wake.notify_waiters();
+                    queue(&mut ws, &Packet::Pong("probe".into()));
+                    if ws.flush().await.is_err() {
+                        break false;
+                    }
+                }
+                Ok(Packet::Upgrade) => {
+                    session.state.lock().transport = Transport::WebSocket;
+                    session.wake.notify_waiters();
+                    break true;
+                }
+                _ => break false,
+            }
+        };
+        if !upgraded {
+            {
+                let mut st = session.state.lock();
+                st.upgrade_claimed = false;
+                if st.transport == Transport::Upgrading {
+                    st.transport = Transport::Polling;
+                }
+            }
+            session.wake.notify_waiters();
+            let _ = ws.close(1000, "").await;
+            return;
+        }
+        serve_ws(ws, session).await;
+    }
+
+    fn cors_headers(&self, headers: &HeaderMap) -> Option<HeaderMap> {
+        let origins = &self.inner.config.cors_origins;
+        if origins.is_empty() {
+            return None;
+        }
+        let origin = headers.get(header::ORIGIN)?;
+        let allowed = origins
+            .iter()
+            .any(|o| o == "*" || o.as_bytes() == origin.as_bytes());
+        if !allowed {
+            return None;
+        }
+        let mut out = HeaderMap::new();
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        out.insert(header::VARY, HeaderValue::from_static("Origin"));
+        Some(out)
+    }
+}
+
+/// Answers a CORS preflight.
+fn preflight(headers: &HeaderMap) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET,HEAD,PUT,PATCH,POST,DELETE"),
+    );
+    if let Some(req_headers) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, req_headers.clone());
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+/// Resets `post_active` when the POST ends.
+struct PostGuard<'a>(&'a Arc<Session>);
+
+impl Drop for PostGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().post_active = false;
+    }
+}
+
+/// Resets `poll_active` when the GET ends (also when the client goes away).
+struct PollGuard<'a>(&'a Arc<Session>);
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().poll_active = false;
+    }
+}
+
+/// A long-polling GET: answers with what is queued, or waits for something.
+async fn poll(session: Arc<Session>) -> Response {
+    {
+        let mut st = session.state.lock();
+        if st.transport == Transport::WebSocket {
+            drop(st);
+            return error(ErrorCode::BadRequest);
+        }
+        if st.poll_active {
+            drop(st);
+            // Overlapping polls: the reference server closes the session (the first poll gets
+            // a close packet) and refuses the second.
+            session.close(CloseReason::ProtocolError);
+            return error(ErrorCode::BadRequest);
+        }
+        st.poll_active = true;
+    }
+    let _guard = PollGuard(&session);
+    loop {
+        let notified = session.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = session.state.lock();
+            if let Some(reason) = st.closed {
+                {
+                    drop(st);
+                    // The session lingered for this poll (see `Session::close`): now it is gone.
+                    session.unregister();
+                    let body = if reason == CloseReason::ClientClose {
+                        "6"
+                    } else {
+                        "1"
+                    };
+                    return text_response(body.into());
+                }
+            }
+            match st.transport {
+                Transport::Upgrading => return text_response("6".into()),
+                Transport::WebSocket => return text_response("6".into()),
+                Transport::Polling => {}
+            }
+            if !st.outbox.is_empty() {
+                let packets = session.drain(&mut st);
+                return text_response(encode_payload(&packets));
+            }
+        }
+        notified.await;
+    }
+}
+
+/// Drives a session over its WebSocket until either ends.
+async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin>(mut ws: WsSocket<IO>, session: Arc<Session>) {
+    loop {
+        let notified = session.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let closed = {
+            let mut st = session.state.lock();
+            for p in session.drain(&mut st) {
+                queue(&mut ws, &p);
+                st.writing = true;
+            }
+            st.closed
+        };
+        if let Some(reason) = closed {
+            let _ = ws.flush().await;
+            let code = if reason == CloseReason::ProtocolError {
+                1002
+            } else {
+                1000
+            };
+            let _ = ws.close(code, "").await;
+            return;
+        }
+        if ws.flush().await.is_err() {
+            break;
+        }
+        session.state.lock().writing = false;
+        session.written.notify_waiters();
+        let msg = tokio::select! {
+            m = ws.recv() => m,
+            _ = &mut notified => continue,
+        };
+        let packet = match msg {
+            Ok(Some(Message::Text(t))) => {
+                match Packet::decode_text(std::str::from_utf8(&t).unwrap_or("")) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(sid = %session.sid, error = %e, "engine.io: bad packet");
+                        session.close(CloseReason::ProtocolError);
+                        continue;
+                    }
+                }
+            }
+            Ok(Some(Message::Binary(b))) => Packet::Binary(b),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break,
+        };
+        session.receive(packet).await;
+    }
+    session.close(CloseReason::TransportError);
+    let _ = ws.close(1000, "").await;
+}
+
+fn queue<IO>(ws: &mut WsSocket<IO>, p: &Packet) {
+    match p.to_ws() {
+        WsFrame::Text(t) => ws.queue_message(&Message::text(t)),
+        WsFrame::Binary(b) => ws.queue_message(&Message::Binary(b)),
+    }
+}
+
+fn text_response(body: String) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    resp
+}
+
+fn error(code: ErrorCode) -> Response {
+    let body = format!(
+        "{{\"code\":{},\"message\":\"{}\"}}",
+        code as u8,
+        code.message()
+    );
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query("EIO=4&transport=polling&sid=abc&t=x");
+        assert_eq!(q.eio, Some("4"));
+        assert_eq!(q.transport, Some("polling"));
+        assert_eq!(q.sid, Some("abc"));
+        let q = parse_query("");
+        assert!(q.eio.is_none() && q.transport.is_none() && q.sid.is_none());
+    }
+}

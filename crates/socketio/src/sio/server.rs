@@ -1,0 +1,427 @@
+//! The Socket.IO server: namespaces (static and dynamic), the per-connection packet loop,
+//! broadcasting to rooms (locally and, through a [`Bus`], across nodes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::namespace::{Handlers, Namespace, Payload};
+use super::packet::{Packet, PacketType, ParseError};
+use super::socket::{AckSender, Socket};
+use crate::engine::{CloseReason, Data, Engine, EngineConfig, EngineHandler, EngineSocket};
+
+/// Longest wait for the CONNECT reply to be written before the connection handler runs.
+const CONNECT_FLUSH_LIMIT: Duration = Duration::from_millis(100);
+
+/// Socket.IO options on top of [`EngineConfig`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SioConfig {
+    /// How long a new connection may take to connect to a namespace before it is closed
+    /// (default 45 s).
+    pub connect_timeout: Duration,
+    /// Most binary attachments one packet may announce (default 64).
+    pub max_attachments: usize,
+}
+
+impl Default for SioConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(45),
+            max_attachments: 64,
+        }
+    }
+}
+
+/// Carries room traffic between nodes (implemented on the hub by the `switchboard` crates).
+///
+/// `publish` is called for every broadcast to rooms; the bus delivers it on the other nodes
+/// with [`SocketIo::deliver_remote`]. `joined`/`left` tell it when a room gains its first, or
+/// loses its last, local member, so it can subscribe to and unsubscribe from the room.
+pub trait Bus: Send + Sync + 'static {
+    /// A room of namespace `ns` got its first local member.
+    fn joined(&self, ns: &str, room: &str);
+    /// A room of namespace `ns` lost its last local member.
+    fn left(&self, ns: &str, room: &str);
+    /// Broadcasts `packet` to `rooms` of `ns` on the other nodes (every socket of `ns` when
+    /// `rooms` is empty), leaving out socket `except`.
+    fn publish(&self, ns: &str, rooms: &[String], except: Option<&str>, packet: &Packet);
+}
+
+/// A namespace pattern for dynamic namespaces.
+type Matcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+struct Inner {
+    config: SioConfig,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    dynamic: RwLock<Vec<(Matcher, Handlers)>>,
+    bus: RwLock<Option<Arc<dyn Bus>>>,
+}
+
+/// A Socket.IO server. Register namespaces, then serve it with [`SocketIo::engine`].
+#[derive(Clone)]
+pub struct SocketIo {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SocketIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketIo")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SocketIo {
+    /// A server without namespaces (add them with [`SocketIo::ns`]).
+    pub fn new(config: SioConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                namespaces: RwLock::default(),
+                dynamic: RwLock::default(),
+                bus: RwLock::default(),
+            }),
+        }
+    }
+
+    /// Registers namespace `name` with the handlers `build` sets up.
+    pub fn ns(&self, name: &str, build: impl FnOnce(&mut Handlers)) -> &Self {
+        let mut h = Handlers::default();
+        build(&mut h);
+        self.inner
+            .namespaces
+            .write()
+            .insert(name.to_owned(), Namespace::new(name, h));
+        self
+    }
+
+    /// Registers a dynamic namespace: every name `matches` accepts gets its own namespace with
+    /// the handlers `build` sets up, created on its first connection.
+    pub fn dynamic_ns(
+        &self,
+        matches: impl Fn(&str) -> bool + Send + Sync + 'static,
+        build: impl FnOnce(&mut Handlers),
+    ) -> &Self {
+        let mut h = Handlers::default();
+        build(&mut h);
+        self.inner.dynamic.write().push((Arc::new(matches), h));
+        self
+    }
+
+    /// Installs the bus that carries room traffic across nodes.
+    pub fn set_bus(&self, bus: Arc<dyn Bus>) {
+        *self.inner.bus.write() = Some(bus);
+    }
+
+    /// The namespace `name`, if it exists (dynamic ones once created).
+    pub fn of(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.inner.namespaces.read().get(name).cloned()
+    }
+
+    /// An emitter to every socket of namespace `ns`, across the cluster.
+    pub fn emitter(&self, ns: &str) -> Option<Emitter> {
+        Some(Emitter {
+            ns: self.of(ns)?,
+            rooms: Vec::new(),
+            except: None,
+            bus: self.inner.bus.read().clone(),
+        })
+    }
+
+    /// Delivers a packet another node broadcast (called by the [`Bus`]).
+    pub fn deliver_remote(&self, packet: &Packet, rooms: &[String], except: Option<&str>) -> usize {
+        match self.of(&packet.nsp) {
+            Some(ns) => ns.deliver_local(packet, rooms, except),
+            None => 0,
+        }
+    }
+
+    /// An Engine.IO server whose sessions speak Socket.IO on this server.
+    pub fn engine(&self, config: EngineConfig) -> Engine {
+        Engine::new(config, Arc::new(self.clone()))
+    }
+
+    /// An axum router serving `engine` at `path` (with and without the trailing slash).
+    pub fn router(engine: Engine, path: &str) -> axum::Router {
+        let trimmed = path.trim_end_matches('/');
+        let handler = move |req: axum::extract::Request| {
+            let engine = engine.clone();
+            async move { engine.handle(req).await }
+        };
+        let mut router =
+            axum::Router::new().route(&format!("{trimmed}/"), axum::routing::any(handler.clone()));
+        if !trimmed.is_empty() {
+            router = router.route(trimmed, axum::routing::any(handler));
+        }
+        router
+    }
+
+    fn find_ns(&self, name: &str) -> Option<Arc<Namespace>> {
+        if let Some(ns) = self.of(name) {
+            return Some(ns);
+        }
+        let handlers = self
+            .inner
+            .dynamic
+            .read()
+            .iter()
+            .find(|(m, _)| m(name))
+            .map(|(_, h)| h.clone())?;
+        let mut all = self.inner.namespaces.write();
+        Some(
+            all.entry(name.to_owned())
+                .or_insert_with(|| Namespace::new(name, handlers))
+                .clone(),
+        )
+    }
+}
+
+impl EngineHandler for SocketIo {
+    fn on_open(&self, socket: EngineSocket, incoming: mpsc::Receiver<Data>) {
+        tokio::spawn(run_connection(self.clone(), socket, incoming));
+    }
+}
+
+/// An emitter to a namespace, narrowed to rooms and leaving one socket out.
+#[derive(Clone)]
+pub struct Emitter {
+    pub(crate) ns: Arc<Namespace>,
+    pub(crate) rooms: Vec<String>,
+    pub(crate) except: Option<Arc<str>>,
+    pub(crate) bus: Option<Arc<dyn Bus>>,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("ns", &self.ns.name)
+            .field("rooms", &self.rooms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emitter {
+    /// Adds `room` (the union of the rooms gets the packet).
+    pub fn to(mut self, room: &str) -> Self {
+        self.rooms.push(room.to_owned());
+        self
+    }
+
+    /// Emits `event` with `args`; returns how many local sockets got it.
+    pub fn emit(&self, event: &str, args: Vec<Value>) -> usize {
+        self.emit_payload(event, Payload::json(args))
+    }
+
+    /// Emits `event` with a payload that may carry attachments.
+    pub fn emit_payload(&self, event: &str, payload: Payload) -> usize {
+        let packet = Packet::event(&self.ns.name, event, payload.args, payload.bins, None);
+        let except = self.except.as_deref();
+        if let Some(bus) = &self.bus {
+            bus.publish(&self.ns.name, &self.rooms, except, &packet);
+        }
+        self.ns.deliver_local(&packet, &self.rooms, except)
+    }
+}
+
+/// State of one Engine.IO connection speaking Socket.IO.
+struct Connection {
+    io: SocketIo,
+    engine: EngineSocket,
+    sockets: HashMap<String, Socket>,
+    /// A binary packet waiting for its attachments.
+    partial: Option<Packet>,
+}
+
+async fn run_connection(io: SocketIo, engine: EngineSocket, mut incoming: mpsc::Receiver<Data>) {
+    let timeout = tokio::time::sleep(io.inner.config.connect_timeout);
+    tokio::pin!(timeout);
+    let mut conn = Connection {
+        io,
+        engine,
+        sockets: HashMap::new(),
+        partial: None,
+    };
+    let mut ever_connected = false;
+    loop {
+        let data = tokio::select! {
+            d = incoming.recv() => d,
+            _ = &mut timeout, if !ever_connected => {
+                tracing::debug!(sid = conn.engine.sid(), "socket.io: no CONNECT in time");
+                conn.engine.close();
+                None
+            }
+        };
+        let Some(data) = data else { break };
+        if let Err(e) = conn.handle(data).await {
+            tracing::debug!(sid = conn.engine.sid(), error = %e, "socket.io: bad packet, closing");
+            conn.engine.close();
+            break;
+        }
+        ever_connected |= !conn.sockets.is_empty();
+    }
+    let reason = match conn.engine.close_reason() {
+        Some(CloseReason::ClientClose) => "client namespace disconnect",
+        Some(CloseReason::PingTimeout) => "ping timeout",
+        Some(CloseReason::ServerClose) => "server shutting down",
+        Some(CloseReason::ProtocolError) => "parse error",
+        _ => "transport close",
+    };
+    for (_, socket) in conn.sockets.drain() {
+        socket.cleanup(reason);
+    }
+}
+
+impl Connection {
+    async fn handle(&mut self, data: Data) -> Result<(), ParseError> {
+        let packet = match data {
+            Data::Text(text) => {
+                if self.partial.is_some() {
+                    // Text while attachments are expected.
+                    return Err(ParseError::IllegalAttachments);
+                }
+                let p = Packet::decode(&text, self.io.inner.config.max_attachments)?;
+                if p.ty.is_binary() && p.attachments > 0 {
+                    self.partial = Some(p);
+                    return Ok(());
+                }
+                p
+            }
+            Data::Binary(b) => {
+                let Some(p) = self.partial.as_mut() else {
+                    return Err(ParseError::IllegalAttachments);
+                };
+                p.bins.push(b);
+                if !p.is_complete() {
+                    return Ok(());
+                }
+                let p = self.partial.take().expect("partial packet");
+                p.check_placeholders()?;
+                p
+            }
+        };
+        self.dispatch(packet).await;
+        Ok(())
+    }
+
+    async fn dispatch(&mut self, packet: Packet) {
+        match packet.ty {
+            PacketType::Connect => self.connect(packet).await,
+            PacketType::Disconnect => {
+                if let Some(s) = self.sockets.remove(&packet.nsp) {
+                    s.cleanup("client namespace disconnect");
+                }
+            }
+            PacketType::Event | PacketType::BinaryEvent => {
+                let Some(socket) = self.sockets.get(&packet.nsp).filter(|s| s.connected()) else {
+                    return;
+                };
+                let Some(Value::Array(mut args)) = packet.data else {
+                    return;
+                };
+                let name = match args.first() {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => return,
+                };
+                let handlers = &socket.0.ns.handlers;
+                let ack = packet.id.map(|id| AckSender {
+                    socket: socket.clone(),
+                    id,
+                });
+                if let Some(h) = handlers.events.get(&name) {
+                    args.remove(0);
+                    h(
+                        socket.clone(),
+                        Payload {
+                            args,
+                            bins: packet.bins,
+                        },
+                        ack,
+                    );
+                } else if let Some(h) = &handlers.any {
+                    h(
+                        socket.clone(),
+                        Payload {
+                            args,
+                            bins: packet.bins,
+                        },
+                        ack,
+                    );
+                }
+            }
+            PacketType::Ack | PacketType::BinaryAck => {
+                let (Some(socket), Some(id)) = (self.sockets.get(&packet.nsp), packet.id) else {
+                    return;
+                };
+                let args = match packet.data {
+                    Some(Value::Array(a)) => a,
+                    _ => Vec::new(),
+                };
+                socket.on_ack(
+                    id,
+                    Payload {
+                        args,
+                        bins: packet.bins,
+                    },
+                );
+            }
+            // A client never sends these.
+            PacketType::ConnectError => {}
+        }
+    }
+
+    async fn connect(&mut self, packet: Packet) {
+        let nsp = packet.nsp;
+        let Some(ns) = self.io.find_ns(&nsp) else {
+            let err = super::namespace::ConnectError::new("Invalid namespace");
+            self.engine.send(Data::Text(
+                Packet::new(PacketType::ConnectError, &nsp, None, Some(err.to_value())).encode(),
+            ));
+            return;
+        };
+        if self.sockets.get(&nsp).is_some_and(Socket::connected) {
+            return;
+        }
+        let auth = packet
+            .data
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        let bus = self.io.inner.bus.read().clone();
+        let socket = Socket::new(ns.clone(), self.engine.clone(), auth.clone(), bus);
+        for mw in &ns.handlers.middleware {
+            if let Err(err) = mw(socket.clone(), auth.clone()).await {
+                self.engine.send(Data::Text(
+                    Packet::new(PacketType::ConnectError, &nsp, None, Some(err.to_value()))
+                        .encode(),
+                ));
+                return;
+            }
+        }
+        if self.engine.is_closed() {
+            return;
+        }
+        socket.set_connected(true);
+        ns.sockets
+            .write()
+            .insert(socket.0.id.clone(), socket.clone());
+        self.sockets.insert(nsp.clone(), socket.clone());
+        let mut reply = serde_json::Map::new();
+        reply.insert("sid".into(), Value::String(socket.id().to_owned()));
+        socket.send_packet(&Packet::new(
+            PacketType::Connect,
+            &nsp,
+            None,
+            Some(Value::Object(reply)),
+        ));
+        // The reply goes out on its own before the connection handler runs (what that handler
+        // emits follows in a later write), like the reference server.
+        self.engine.flush(CONNECT_FLUSH_LIMIT).await;
+        if let Some(h) = &ns.handlers.connection {
+            h(socket, auth);
+        }
+    }
+}
