@@ -413,7 +413,10 @@ impl Hub {
     /// the one holding the session takes it. Returns what happened here; a forwarded batch is
     /// [`Delivery::Queued`](crate::emulation::Delivery::Queued) once the broker took it (an
     /// unknown session on the other node drops it: that session's stream has ended, and its
-    /// client reconnects). Error 100 when the broker could not forward it.
+    /// client reconnects). A batch for a node that is gone (not heard from within
+    /// [`NODE_EXPIRY`](crate::cluster::NODE_EXPIRY), by a node up for at least that long) is
+    /// [`Delivery::Unknown`](crate::emulation::Delivery::Unknown) at once. Error 100 when the
+    /// broker could not forward it.
     pub async fn route_emulation(
         &self,
         node: &str,
@@ -423,6 +426,9 @@ impl Hub {
         if node.is_empty() || node == self.inner.node.id {
             return Ok(self.inner.emulation.deliver(session, data));
         }
+        if !self.may_be_alive(node) {
+            return Ok(crate::emulation::Delivery::Unknown);
+        }
         let data = String::from_utf8(data.to_vec()).map_err(|_| ErrorCode::BAD_REQUEST)?;
         self.broadcast_control(ControlMessage::Emulation {
             node: node.to_owned(),
@@ -431,6 +437,19 @@ impl Hub {
         })
         .await?;
         Ok(crate::emulation::Delivery::Queued)
+    }
+
+    /// Whether node `uid` may hold sessions: it was heard from recently, or this node has not
+    /// been up long enough to have heard from every live node.
+    fn may_be_alive(&self, uid: &str) -> bool {
+        let now = std::time::Instant::now();
+        now.duration_since(self.inner.started) < crate::cluster::NODE_EXPIRY
+            || self
+                .inner
+                .nodes
+                .live(&self.inner.node.id, now)
+                .iter()
+                .any(|n| n.uid == uid)
     }
 
     /// Installs the backend proxy (the server's HTTP implementation). Only the first call has

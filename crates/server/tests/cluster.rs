@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use support::{api, eventually, hs256, Conn, Event, TIMEOUT};
+use support::{api, eventually, hs256, Conn, EmuStream, EmuTarget, Event, TIMEOUT};
 
 const KEY: &str = "cluster-api-key";
 const SECRET: &str = "cluster-connection-secret";
@@ -50,13 +50,15 @@ fn unique_prefix(test: &str) -> String {
     format!("sbcluster-{test}-{}-{nanos}", std::process::id())
 }
 
-/// The configuration of one node. `client_extra` is TOML placed in `[client]`.
+/// The configuration of one node. `client_extra` is TOML placed in `[client]`, `extra` TOML
+/// placed at the end (sections of its own).
 fn node_toml(
     name: &str,
     broker: BrokerKind,
     redis: &str,
     prefix: &str,
     client_extra: &str,
+    extra: &str,
 ) -> String {
     let broker = match broker {
         BrokerKind::Redis => format!(
@@ -118,6 +120,8 @@ force_recovery = true
 # Clients may not subscribe by themselves: only the server API subscribes them.
 [[channel.namespaces]]
 name = "news"
+
+{extra}
 "#
     )
 }
@@ -274,12 +278,27 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with Redis at `redis` (`host:port`).
     async fn start_on(test: &str, broker: BrokerKind, redis: &str, client_extra: &str) -> Cluster {
+        Self::start_full(test, broker, redis, client_extra, "").await
+    }
+
+    /// Like [`Cluster::start_on`], with `extra` TOML sections in every node's configuration.
+    async fn start_full(
+        test: &str,
+        broker: BrokerKind,
+        redis: &str,
+        client_extra: &str,
+        extra: &str,
+    ) -> Cluster {
         let prefix = unique_prefix(test);
         let dir = tempfile::tempdir().unwrap();
         let mut starting = Vec::new();
         for name in ["a", "b", "c"] {
             let path = dir.path().join(format!("{name}.toml"));
-            std::fs::write(&path, node_toml(name, broker, redis, &prefix, client_extra)).unwrap();
+            std::fs::write(
+                &path,
+                node_toml(name, broker, redis, &prefix, client_extra, extra),
+            )
+            .unwrap();
             starting.push(Node::start(name, path));
         }
         let nodes = futures_util::future::join_all(starting).await;
@@ -1310,5 +1329,170 @@ mod three_nodes {
             "resubscribe right after 2500 failed:\n{}",
             failures.join("\n")
         );
+    }
+
+    /// HTTP-streaming and SSE sessions on node A whose commands (`POST /emulation`) all go to
+    /// nodes B and C, never to A: subscribe, publish, RPC (answered by the RPC proxy, which
+    /// sees the real transport name), presence, a batch of two commands, and a server API
+    /// publication through B all work. Then the answers for sessions that cannot be reached:
+    /// an unknown session on the node asked is a 404, a malformed request a 400, and once A is
+    /// killed (and B and C have stopped hearing from it) a batch for A's session is a 404 on B
+    /// and on C.
+    async fn emulation_without_sticky_sessions(test: &str, broker: BrokerKind) {
+        require_service(broker);
+        let rpc = support::Backend::start(|r| {
+            support::Answer::json(json!({"result": {"data": {
+                "echo": r.body["data"],
+                "transport": r.body["transport"],
+                "user": r.body["user"],
+            }}}))
+        })
+        .await;
+        let extra = format!(
+            "[[channel.namespaces]]\nname = \"emu\"\nallow_subscribe_for_client = true\n\
+             allow_publish_for_subscriber = true\npresence = true\n\
+             allow_presence_for_subscriber = true\n\n\
+             [transports]\nhttp_stream = true\nsse = true\n\n\
+             [proxy]\nrpc_endpoint = \"{}\"\n",
+            rpc.url("/rpc")
+        );
+        let cluster = Cluster::start_full(test, broker, REDIS, "", &extra).await;
+        let mut sessions = Vec::new();
+        for transport in ["http_stream", "sse"] {
+            let user = format!("emu-{transport}");
+            let channel = format!("emu:{transport}");
+            let mut stream =
+                EmuStream::open(cluster.addr(A), transport, json!({ "token": token(&user) })).await;
+            let connect = stream.reply(1).await;
+            let session = connect["connect"]["session"].as_str().unwrap().to_string();
+            let node = connect["connect"]["node"].as_str().unwrap().to_string();
+            assert!(!session.is_empty() && !node.is_empty(), "{connect}");
+            let to = |n: usize| EmuTarget {
+                addr: cluster.addr(n),
+                session: session.clone(),
+                node: node.clone(),
+            };
+
+            // Subscribe through B.
+            let status = to(B)
+                .post(&[json!({"id": 2, "subscribe": {"channel": channel}})])
+                .await;
+            assert_eq!(status, 204, "{transport}: subscribe through B");
+            ok(&stream.reply(2).await);
+            // Publish through C: the reply and the publication come back on A's stream.
+            let status = to(C)
+                .post(&[json!({"id": 3, "publish": {"channel": channel, "data": {"n": 1}}})])
+                .await;
+            assert_eq!(status, 204, "{transport}: publish through C");
+            ok(&stream.reply(3).await);
+            let publication = stream.publication(&channel).await;
+            assert_eq!(publication["data"], json!({"n": 1}), "{transport}");
+            // RPC through B: the proxy is called by A (the session's node) with the transport.
+            to(B)
+                .post(&[json!({"id": 4, "rpc": {"method": "echo", "data": {"x": 1}}})])
+                .await;
+            let reply = ok(&stream.reply(4).await);
+            assert_eq!(
+                reply["data"],
+                json!({"echo": {"x": 1}, "transport": transport, "user": user}),
+                "{transport}: rpc through B"
+            );
+            // Presence through C.
+            to(C)
+                .post(&[json!({"id": 5, "presence": {"channel": channel}})])
+                .await;
+            let reply = ok(&stream.reply(5).await);
+            let users: Vec<&str> = reply["presence"]
+                .as_object()
+                .unwrap_or_else(|| panic!("presence reply: {reply}"))
+                .values()
+                .map(|c| c["user"].as_str().unwrap_or_default())
+                .collect();
+            assert_eq!(
+                users,
+                vec![user.as_str()],
+                "{transport}: presence through C"
+            );
+            // Two commands in one request, through B.
+            to(B)
+                .post(&[
+                    json!({"id": 6, "presence_stats": {"channel": channel}}),
+                    json!({"id": 7, "rpc": {"method": "echo", "data": 7}}),
+                ])
+                .await;
+            assert_eq!(ok(&stream.reply(6).await)["num_clients"], 1);
+            assert_eq!(ok(&stream.reply(7).await)["data"]["echo"], 7);
+            // A server API publication through B reaches the stream on A.
+            publish(cluster.addr(B), &channel, json!({"n": 2})).await;
+            let publication = stream.publication(&channel).await;
+            assert_eq!(publication["data"], json!({"n": 2}), "{transport}");
+            sessions.push((stream, to(B), to(C)));
+        }
+        let calls = rpc.requests();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+
+        // Unknown sessions and malformed requests.
+        let unknown = EmuTarget {
+            addr: cluster.addr(B),
+            session: "no-such-session".into(),
+            node: String::new(),
+        };
+        assert_eq!(unknown.post(&[json!({"id": 1, "rpc": {}})]).await, 404);
+        let status = reqwest::Client::new()
+            .post(format!("http://{}/emulation", cluster.addr(C)))
+            .body("{not json")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 400);
+
+        // Node A goes down: its streams end, and B and C answer 404 for its sessions once
+        // they no longer hear from it.
+        let mut cluster = cluster;
+        cluster.nodes[A].kill();
+        for (stream, _, _) in &mut sessions {
+            stream.expect_end(Duration::from_secs(5)).await;
+        }
+        let down = Instant::now();
+        let names: BTreeSet<String> = ["b", "c"].iter().map(|s| s.to_string()).collect();
+        for node in [B, C] {
+            let gone = eventually(Duration::from_secs(20), || async {
+                cluster.info_names(node).await == names
+            })
+            .await;
+            assert!(gone, "node {node} still lists A after {:?}", down.elapsed());
+        }
+        for (_, via_b, via_c) in &sessions {
+            for target in [via_b, via_c] {
+                let status = target
+                    .post(&[json!({"id": 8, "presence": {"channel": "emu:x"}})])
+                    .await;
+                assert_eq!(status, 404, "a batch for a session on the dead node A");
+            }
+        }
+        eprintln!(
+            "[{test}] both sessions worked through B and C; A's sessions are 404 {:?} after A died",
+            down.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_emulation_reaches_the_session_from_any_node() {
+        emulation_without_sticky_sessions("emulation", BrokerKind::Redis).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_emulation_reaches_the_session_from_any_node() {
+        emulation_without_sticky_sessions("nats-emulation", BrokerKind::Nats).await;
+    }
+
+    /// The `result` of a reply, failing on an error reply.
+    fn ok(reply: &Value) -> Value {
+        assert!(reply.get("error").is_none(), "error reply: {reply}");
+        reply
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| *k != "id").map(|(_, v)| v.clone()))
+            .unwrap_or(Value::Null)
     }
 }

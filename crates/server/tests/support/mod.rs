@@ -729,3 +729,189 @@ pub(crate) fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
+
+// ---- HTTP-streaming and SSE sessions ----
+
+/// Where `POST /emulation` requests for one session go.
+pub(crate) struct EmuTarget {
+    pub(crate) addr: SocketAddr,
+    pub(crate) session: String,
+    pub(crate) node: String,
+}
+
+impl EmuTarget {
+    /// Posts `commands` as one batch; returns the HTTP status.
+    pub(crate) async fn post(&self, commands: &[Value]) -> u16 {
+        let data: Vec<String> = commands.iter().map(Value::to_string).collect();
+        let body = json!({"session": self.session, "node": self.node, "data": data.join("\n")});
+        reqwest::Client::new()
+            .post(format!("http://{}/emulation", self.addr))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(TIMEOUT)
+            .send()
+            .await
+            .expect("POST /emulation")
+            .status()
+            .as_u16()
+    }
+}
+
+/// The response stream of an `http_stream` or `sse` session, read message by message.
+/// Messages not yet asked for are kept, so replies and pushes may come in any order.
+pub(crate) struct EmuStream {
+    response: reqwest::Response,
+    sse: bool,
+    buf: Vec<u8>,
+    seen: Vec<Value>,
+}
+
+impl EmuStream {
+    /// Opens an `http_stream` or `sse` session with `{"id": 1, "connect": connect}` as its
+    /// first command.
+    pub(crate) async fn open(addr: SocketAddr, transport: &str, connect: Value) -> Self {
+        let first = json!({"id": 1, "connect": connect}).to_string();
+        Self::try_open(addr, transport, first)
+            .await
+            .unwrap_or_else(|status| panic!("{transport} stream: HTTP {status}"))
+    }
+
+    /// Opens a unidirectional `uni_sse` (GET with `cf_connect`) or `uni_http_stream` (POST)
+    /// stream with the connect request `request`.
+    pub(crate) async fn open_uni(addr: SocketAddr, transport: &str, request: Value) -> Self {
+        Self::try_open(addr, transport, request.to_string())
+            .await
+            .unwrap_or_else(|status| panic!("{transport} stream: HTTP {status}"))
+    }
+
+    /// Opens `/connection/{transport}` with `first` (the connect command, or for the
+    /// unidirectional transports the connect request): the SSE transports by GET with
+    /// `cf_connect`, the others by POST. `Err(status)` when the answer is not 200.
+    pub(crate) async fn try_open(
+        addr: SocketAddr,
+        transport: &str,
+        first: String,
+    ) -> Result<Self, u16> {
+        let sse = transport.ends_with("sse");
+        let client = reqwest::Client::new();
+        let request = if sse {
+            let url = reqwest::Url::parse_with_params(
+                &format!("http://{addr}/connection/{transport}"),
+                &[("cf_connect", first)],
+            )
+            .unwrap();
+            client.get(url)
+        } else {
+            client
+                .post(format!("http://{addr}/connection/{transport}"))
+                .header("content-type", "application/json")
+                .body(first)
+        };
+        let response = request.send().await.expect("open the stream");
+        if response.status() != 200 {
+            return Err(response.status().as_u16());
+        }
+        Ok(Self {
+            response,
+            sse,
+            buf: Vec::new(),
+            seen: Vec::new(),
+        })
+    }
+
+    /// The next message in stream order; `None` when the stream ended first.
+    pub(crate) async fn next(&mut self, within: Duration) -> Option<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if !self.seen.is_empty() {
+                return Some(self.seen.remove(0));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    self.buf.extend_from_slice(&chunk);
+                    self.parse();
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => return None,
+                Err(_) => panic!("no message within {within:?}"),
+            }
+        }
+    }
+
+    /// Every message until the stream ends (within `within`).
+    pub(crate) async fn rest(&mut self, within: Duration) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + within;
+        let mut all = Vec::new();
+        while let Some(m) = self
+            .next(deadline.saturating_duration_since(std::time::Instant::now()))
+            .await
+        {
+            all.push(m);
+        }
+        all
+    }
+
+    /// Moves the complete messages in `buf` to `seen`.
+    fn parse(&mut self) {
+        let sep: &[u8] = if self.sse { b"\n\n" } else { b"\n" };
+        while let Some(i) = self.buf.windows(sep.len()).position(|w| w == sep) {
+            let item: Vec<u8> = self.buf.drain(..i + sep.len()).take(i).collect();
+            let text = String::from_utf8(item).unwrap();
+            let json = if self.sse {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else {
+                text
+            };
+            if !json.is_empty() {
+                self.seen.push(serde_json::from_str(&json).unwrap());
+            }
+        }
+    }
+
+    /// The first message matching `pred` (taken from those seen), reading more as needed.
+    pub(crate) async fn take(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(i) = self.seen.iter().position(&pred) {
+                return self.seen.remove(i);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    self.buf.extend_from_slice(&chunk);
+                    self.parse();
+                }
+                other => panic!("waiting for {what}: {other:?}; seen {:?}", self.seen),
+            }
+        }
+    }
+
+    pub(crate) async fn reply(&mut self, id: u64) -> Value {
+        self.take(&format!("reply {id}"), |m| m["id"] == id).await
+    }
+
+    pub(crate) async fn publication(&mut self, channel: &str) -> Value {
+        let push = self
+            .take(&format!("publication in {channel}"), |m| {
+                m["push"]["channel"] == channel && m["push"].get("pub").is_some()
+            })
+            .await;
+        push["push"]["pub"].clone()
+    }
+
+    /// Waits until the stream ends (its node died).
+    pub(crate) async fn expect_end(&mut self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Ok(Err(_)) => return,
+                Err(_) => panic!("the stream did not end within {within:?}"),
+            }
+        }
+    }
+}
