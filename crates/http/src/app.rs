@@ -71,9 +71,29 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .merge(api::router());
+    if state.config.socketio.enabled {
+        router = router.merge(socketio_router(&state));
+    }
     if state.config.demos.enabled {
         let page = home::render(&state.config);
         router = router.route("/", get(move || std::future::ready(page.clone())));
     }
     router.with_state(state)
+}
+
+/// The Socket.IO front door (`[socketio]`): every namespace bridged to the hub.
+fn socketio_router(state: &AppState) -> Router<AppState> {
+    use switchboard_socketio::{bridge::HubBridge, EngineConfig, SioConfig, SocketIo};
+    let c = &state.config.socketio;
+    let mut sio = SioConfig::default();
+    sio.connect_timeout = c.connect_timeout;
+    let io = SocketIo::new(sio);
+    let bridge = HubBridge::new(state.hub.clone());
+    io.dynamic_ns(|_| true, |h| bridge.install(h));
+    let engine = EngineConfig::default()
+        .ping_interval(c.ping_interval)
+        .ping_timeout(c.ping_timeout)
+        .max_payload(c.max_buffer_size)
+        .cors_origins(c.cors_origins.clone());
+    SocketIo::router(io.engine(engine), &c.path).with_state(())
 }

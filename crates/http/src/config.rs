@@ -35,6 +35,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http",
     "websocket",
     "transports",
+    "socketio",
 ];
 
 /// Development or production defaults.
@@ -108,6 +109,9 @@ pub struct Config {
     /// Which client transports are served.
     #[serde(default)]
     pub transports: TransportsConfig,
+    /// The Socket.IO front door.
+    #[serde(default)]
+    pub socketio: SocketIoConfig,
 }
 
 fn default_address() -> SocketAddr {
@@ -289,6 +293,47 @@ impl TransportsConfig {
     /// Whether `POST /emulation` is served (an emulated transport is on).
     pub fn emulation(&self) -> bool {
         self.http_stream || self.sse
+    }
+}
+
+/// The Socket.IO front door (`[socketio]`, docs/SOCKETIO.md): Engine.IO v4 long-polling and
+/// WebSocket at `path`, every socket a client of the hub.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct SocketIoConfig {
+    /// Whether it is served. Default false (true in development mode).
+    pub enabled: bool,
+    /// Where. Default `/socket.io/`.
+    pub path: String,
+    /// How often the server pings. Default 25s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long a pong may take. Default 20s.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Largest message or polling request body, in bytes (`maxHttpBufferSize`). Default
+    /// 1000000.
+    pub max_buffer_size: usize,
+    /// How long a connection may take to connect to a namespace. Default 45s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Origins allowed to poll cross-origin (`*` for any). Default none (`["*"]` in development
+    /// mode).
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/socket.io/".into(),
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_buffer_size: 1_000_000,
+            connect_timeout: Duration::from_secs(45),
+            cors_origins: Vec::new(),
+        }
     }
 }
 
@@ -627,6 +672,14 @@ fn apply_development_defaults(table: &mut Table) {
     }
     if let Some(demos) = section(table, "demos") {
         fill(demos, "enabled", Value::Boolean(true));
+    }
+    if let Some(socketio) = section(table, "socketio") {
+        fill(socketio, "enabled", Value::Boolean(true));
+        fill(
+            socketio,
+            "cors_origins",
+            Value::Array(vec![Value::String("*".into())]),
+        );
     }
     if let Some(transports) = section(table, "transports") {
         fill(transports, "http_stream", Value::Boolean(true));

@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+pub mod bridge;
 pub mod engine;
 pub mod sio;
 

@@ -1,0 +1,349 @@
+//! Standalone semantics: every Socket.IO socket is a client of the hub.
+//!
+//! Each socket (one client in one namespace) gets its own hub session, driven by the commands
+//! of the native protocol, so the hub's authentication, namespace permissions, proxies and
+//! handlers, and cross-node fan-out apply unchanged:
+//!
+//! | Socket.IO | hub |
+//! | --- | --- |
+//! | CONNECT with `auth` | `connect` with `token` = `auth.token`, `data` = `auth`; a refusal becomes CONNECT_ERROR `{message, data: {code}}` |
+//! | `emit("join", room)` | `subscribe` to the room's channel; the ack is `{}` or `{error}` |
+//! | `emit("leave", room)` | `unsubscribe` |
+//! | `emit("broadcast", room, event, ...args)` | `publish` `{"event", "args"}` to the room's channel |
+//! | any other `emit(event, ...args)` | `rpc` with `method` = event, `data` = args; the reply's data is the ack |
+//! | publication in a joined room | event `data.event` with `data.args` when the data has that shape, else event `message` with the data |
+//!
+//! Rooms map to channels: room `R` of namespace `/` is channel `R`, of namespace `/chat` it is
+//! `chat:R` (`:` is the hub's namespace separator), so the namespace options of `chat` govern
+//! who may join and broadcast there. A socket does not get its own broadcasts back (Socket.IO's
+//! `socket.to(room).emit` semantics).
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future as _};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use switchboard_hub::{Client, Drained, Hub, TransportInfo};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::sio::{ConnectError, Handlers, Payload, Socket};
+
+const TRANSPORT: TransportInfo = TransportInfo::new("socketio", false);
+
+/// The built-in event that joins a room.
+pub const JOIN_EVENT: &str = "join";
+/// The built-in event that leaves a room.
+pub const LEAVE_EVENT: &str = "leave";
+/// The built-in event that emits into a room.
+pub const BROADCAST_EVENT: &str = "broadcast";
+
+/// The hub channel of `room` in Socket.IO namespace `ns`.
+pub fn room_channel(ns: &str, room: &str) -> String {
+    let ns = ns.trim_start_matches('/');
+    if ns.is_empty() {
+        room.to_owned()
+    } else {
+        format!("{ns}{}{room}", switchboard_hub::NAMESPACE_SEPARATOR)
+    }
+}
+
+/// A command for a socket's hub session, with where its reply goes.
+struct Command {
+    frame: Value,
+    reply: Option<oneshot::Sender<Value>>,
+}
+
+/// Connects Socket.IO sockets to a hub (see the module docs).
+#[derive(Clone)]
+pub struct HubBridge {
+    hub: Hub,
+    sessions: Arc<Mutex<HashMap<Arc<str>, mpsc::Sender<Command>>>>,
+}
+
+impl std::fmt::Debug for HubBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubBridge").finish_non_exhaustive()
+    }
+}
+
+impl HubBridge {
+    /// A bridge to `hub`.
+    pub fn new(hub: Hub) -> Self {
+        Self {
+            hub,
+            sessions: Arc::default(),
+        }
+    }
+
+    /// Sets up `h` (the handlers of a namespace) with the standalone semantics.
+    pub fn install(&self, h: &mut Handlers) {
+        let bridge = self.clone();
+        h.use_connect(move |socket, auth| {
+            let bridge = bridge.clone();
+            async move { bridge.connect(socket, auth).await }
+        });
+        let bridge = self.clone();
+        h.on_disconnect(move |socket, _reason| {
+            // Dropping the sender ends the session's task, which drops the hub client.
+            bridge.sessions.lock().remove(socket.id());
+        });
+        let bridge = self.clone();
+        h.on_any(move |socket, name, payload, ack| {
+            let Some(tx) = bridge.sessions.lock().get(socket.id()).cloned() else {
+                return;
+            };
+            // Queued here, in the order the events arrived; only the wait for the reply is
+            // spawned.
+            let (reply, rx) = oneshot::channel();
+            let frame = event_command(socket.ns(), &name, payload.args);
+            let queued = tx.try_send(Command {
+                frame,
+                reply: Some(reply),
+            });
+            if queued.is_err() {
+                if let Some(ack) = ack {
+                    ack.send(vec![
+                        json!({ "error": { "code": 111, "message": "too many requests" } }),
+                    ]);
+                }
+                return;
+            }
+            tokio::spawn(async move {
+                let result = rx.await.map_err(|_| ());
+                if let Some(ack) = ack {
+                    ack.send(vec![ack_value(&name, result)]);
+                }
+            });
+        });
+    }
+
+    async fn connect(&self, socket: Socket, auth: Value) -> Result<(), ConnectError> {
+        let client = self.hub.accept(TRANSPORT).map_err(|code| {
+            ConnectError::new(code.reason).with_data(json!({ "code": code.code }))
+        })?;
+        let token = auth
+            .get("token")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut connect = json!({ "name": "socket.io" });
+        if !token.is_empty() {
+            connect["token"] = Value::String(token.to_owned());
+        }
+        if auth.as_object().is_some_and(|o| !o.is_empty()) {
+            connect["data"] = auth.clone();
+        }
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(drive(Box::new(client), socket.clone(), rx));
+        let reply = command(&tx, json!({ "connect": connect }))
+            .await
+            .map_err(|_| ConnectError::new("internal server error"))?;
+        if let Some(err) = reply.get("error") {
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("unauthorized");
+            return Err(ConnectError::new(message).with_data(json!({ "code": err.get("code") })));
+        }
+        let client_id = reply
+            .pointer("/connect/client")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        socket.set_extension("hub_client", Value::String(client_id.to_owned()));
+        self.sessions.lock().insert(Arc::from(socket.id()), tx);
+        Ok(())
+    }
+}
+
+/// The hub command for event `name` of namespace `ns`.
+fn event_command(ns: &str, name: &str, args: Vec<Value>) -> Value {
+    let room = args.first().and_then(Value::as_str).unwrap_or_default();
+    match name {
+        JOIN_EVENT => json!({ "subscribe": { "channel": room_channel(ns, room) } }),
+        LEAVE_EVENT => json!({ "unsubscribe": { "channel": room_channel(ns, room) } }),
+        BROADCAST_EVENT => {
+            let event = args.get(1).cloned().unwrap_or(Value::Null);
+            let rest: Vec<Value> = args.iter().skip(2).cloned().collect();
+            json!({ "publish": {
+                "channel": room_channel(ns, room),
+                "data": { "event": event, "args": rest },
+            } })
+        }
+        _ => json!({ "rpc": { "method": name, "data": args } }),
+    }
+}
+
+/// What the client's ack gets for a command's reply.
+fn ack_value(name: &str, reply: Result<Value, ()>) -> Value {
+    let Ok(reply) = reply else {
+        return json!({ "error": { "code": 100, "message": "internal server error" } });
+    };
+    if let Some(err) = reply.get("error") {
+        return json!({ "error": err });
+    }
+    match name {
+        JOIN_EVENT | LEAVE_EVENT | BROADCAST_EVENT => json!({}),
+        _ => reply.pointer("/rpc/data").cloned().unwrap_or(Value::Null),
+    }
+}
+
+/// Sends a command and waits for its reply.
+async fn command(tx: &mpsc::Sender<Command>, frame: Value) -> Result<Value, ()> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Command {
+        frame,
+        reply: Some(reply),
+    })
+    .await
+    .map_err(|_| ())?;
+    rx.await.map_err(|_| ())
+}
+
+/// Most outbound items taken at once.
+const MAX_BATCH: usize = 256;
+
+enum Event {
+    Command(Option<Command>),
+    Items,
+    Controls,
+    Closed,
+    Timer,
+}
+
+/// Drives one socket's hub session: its commands, its outbound queue (replies and
+/// publications), its timers and server API controls.
+async fn drive(mut client: Box<Client>, socket: Socket, mut rx: mpsc::Receiver<Command>) {
+    let out = client.outbound().clone();
+    let mut next_id: u64 = 1;
+    let mut pending: HashMap<u64, oneshot::Sender<Value>> = HashMap::new();
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        let deadline = client.next_deadline();
+        let timer = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(timer);
+        let event = poll_fn(|cx| {
+            match out.poll_drain(cx, &mut batch, MAX_BATCH, true) {
+                Poll::Ready(Drained::Items) => return Poll::Ready(Event::Items),
+                Poll::Ready(Drained::Controls) => return Poll::Ready(Event::Controls),
+                Poll::Ready(Drained::Closed(_)) => return Poll::Ready(Event::Closed),
+                Poll::Pending => {}
+            }
+            if let Poll::Ready(c) = rx.poll_recv(cx) {
+                return Poll::Ready(Event::Command(c));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        let result = match event {
+            Event::Command(None) => return,
+            Event::Command(Some(mut cmd)) => {
+                let id = next_id;
+                next_id += 1;
+                cmd.frame["id"] = json!(id);
+                if let Some(reply) = cmd.reply.take() {
+                    pending.insert(id, reply);
+                }
+                let frame = cmd.frame.to_string();
+                client.handle_frame(frame.as_bytes(), Instant::now()).await
+            }
+            Event::Items => {
+                for item in batch.drain(..) {
+                    for line in item.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        handle_item(line, &socket, &mut pending);
+                    }
+                }
+                Ok(())
+            }
+            Event::Controls => client.apply_controls().await,
+            Event::Timer => client.on_timer(Instant::now()).await,
+            Event::Closed => Err(switchboard_proto::DisconnectCode::SHUTDOWN),
+        };
+        if result.is_err() {
+            // Deliver what is still queued (an error reply to connect, say), then end.
+            let mut rest = Vec::new();
+            let _ =
+                poll_fn(|cx| Poll::Ready(out.poll_drain(cx, &mut rest, usize::MAX, false))).await;
+            for item in rest {
+                for line in item.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    handle_item(line, &socket, &mut pending);
+                }
+            }
+            if socket.connected() {
+                socket.disconnect();
+            }
+            return;
+        }
+    }
+}
+
+/// One message of the hub session: a reply, a push, or a ping.
+fn handle_item(line: &[u8], socket: &Socket, pending: &mut HashMap<u64, oneshot::Sender<Value>>) {
+    let Ok(v) = serde_json::from_slice::<Value>(line) else {
+        return;
+    };
+    if let Some(id) = v.get("id").and_then(Value::as_u64) {
+        if let Some(tx) = pending.remove(&id) {
+            let _ = tx.send(v);
+        }
+        return;
+    }
+    let Some(push) = v.get("push") else {
+        return; // a ping: this transport needs no pong
+    };
+    if let Some(publication) = push.get("pub") {
+        let own = socket.extension("hub_client");
+        let from = publication.pointer("/info/client");
+        if own.is_some() && from.is_some() && own.as_ref() == from {
+            return;
+        }
+        let data = publication.get("data").cloned().unwrap_or(Value::Null);
+        let (event, args) = match (&data.get("event"), &data.get("args")) {
+            (Some(Value::String(e)), Some(Value::Array(a))) => (e.clone(), a.clone()),
+            _ => ("message".to_owned(), vec![data]),
+        };
+        socket.emit_payload(&event, Payload::json(args));
+    } else if push.get("disconnect").is_some() {
+        socket.disconnect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_map_to_channels() {
+        assert_eq!(room_channel("/", "lobby"), "lobby");
+        assert_eq!(room_channel("/chat", "lobby"), "chat:lobby");
+    }
+
+    #[test]
+    fn events_map_to_commands() {
+        assert_eq!(
+            event_command("/chat", "join", vec![json!("a")]),
+            json!({"subscribe":{"channel":"chat:a"}})
+        );
+        assert_eq!(
+            event_command("/", "broadcast", vec![json!("a"), json!("hi"), json!(1)]),
+            json!({"publish":{"channel":"a","data":{"event":"hi","args":[1]}}})
+        );
+        assert_eq!(
+            event_command("/", "sum", vec![json!(1), json!(2)]),
+            json!({"rpc":{"method":"sum","data":[1,2]}})
+        );
+        assert_eq!(
+            ack_value("sum", Ok(json!({"id":3,"rpc":{"data":3}}))),
+            json!(3)
+        );
+        assert_eq!(
+            ack_value("join", Ok(json!({"id":3,"error":{"code":103}}))),
+            json!({"error":{"code":103}})
+        );
+    }
+}

@@ -1,0 +1,174 @@
+// The Socket.IO front door of the real binary, driven by the real `socket.io-client`: polling then
+// upgrade, WebSocket only, rooms on the hub (a Socket.IO client, a native `centrifuge` client and
+// the server API meet in one channel), acks, JWT auth in `auth.token`, CONNECT_ERROR.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import { io } from 'socket.io-client';
+
+import {
+  api,
+  connectClient,
+  publicationQueue,
+  signJwt,
+  startServer,
+  subscribe,
+  withTimeout,
+} from './helpers.mjs';
+
+const SECRET = 'e2e-socketio-secret-0123456789abcdef';
+const API_KEY = 'e2e-socketio-api-key';
+
+const CONFIG = `
+[client]
+allow_anonymous = false
+
+[client.token]
+hmac_secret_key = "${SECRET}"
+
+[api]
+key = "${API_KEY}"
+
+[channel.default]
+allow_subscribe_for_client = true
+allow_publish_for_client = true
+allow_publish_for_subscriber = true
+
+[[channel.namespaces]]
+name = "readonly"
+allow_subscribe_for_client = true
+
+[socketio]
+enabled = true
+ping_interval = "1s"
+ping_timeout = "1s"
+cors_origins = ["*"]
+`;
+
+let seq = 0;
+const room = () => `sio-${process.pid}-${Date.now().toString(36)}-${++seq}`;
+
+/** A connected socket.io-client socket (rejects on connect_error). */
+function connect(server, opts = {}, nsp = '/') {
+  const socket = io(`${server.httpUrl}${nsp === '/' ? '' : nsp}`, {
+    reconnection: false,
+    forceNew: true,
+    auth: { token: signJwt({ sub: 'u1' }, SECRET) },
+    ...opts,
+  });
+  // The transport the session opened with (before any upgrade).
+  socket.io.once('open', () => (socket.openedWith = socket.io.engine.transport.name));
+  const ready = new Promise((resolve, reject) => {
+    socket.once('connect', () => resolve(socket));
+    socket.once('connect_error', (err) => reject(err));
+  });
+  return withTimeout(ready, 5000, 'socket.io connect timed out');
+}
+
+/** The next `event` on `socket`, with its arguments. */
+function next(socket, event, timeoutMs = 5000) {
+  return withTimeout(
+    new Promise((resolve) => socket.once(event, (...args) => resolve(args))),
+    timeoutMs,
+    `no ${event} within ${timeoutMs} ms`,
+  );
+}
+
+describe('socket.io-client against the binary', () => {
+  let server;
+  const sockets = [];
+  before(async () => {
+    server = await startServer({ config: CONFIG });
+  });
+  after(async () => {
+    for (const s of sockets) s.close();
+    await server?.stop();
+  });
+
+  test('connects over polling, then upgrades to WebSocket', async () => {
+    const s = await connect(server, { transports: ['polling', 'websocket'] });
+    sockets.push(s);
+    assert.equal(s.openedWith, 'polling');
+    if (s.io.engine.transport.name !== 'websocket') {
+      await withTimeout(
+        new Promise((resolve) => s.io.engine.once('upgrade', resolve)),
+        5000,
+        'no upgrade',
+      );
+    }
+    assert.equal(s.io.engine.transport.name, 'websocket');
+    const r = room();
+    const ack = await s.timeout(5000).emitWithAck('join', r);
+    assert.deepEqual(ack, {});
+  });
+
+  test('connects over WebSocket only', async () => {
+    const s = await connect(server, { transports: ['websocket'] });
+    sockets.push(s);
+    assert.equal(s.io.engine.transport.name, 'websocket');
+    assert.ok(s.id);
+  });
+
+  test('a connection without a valid token gets CONNECT_ERROR', async () => {
+    await assert.rejects(connect(server, { auth: {} }), (err) => {
+      assert.match(err.message, /unauthorized/);
+      assert.equal(err.data.code, 101);
+      return true;
+    });
+    await assert.rejects(connect(server, { auth: { token: signJwt({ sub: 'x' }, 'wrong') } }));
+  });
+
+  test('rooms are hub channels: Socket.IO clients, a native client and the server API meet', async () => {
+    const r = room();
+    const a = await connect(server, { transports: ['websocket'] });
+    const b = await connect(server, { transports: ['polling'], upgrade: false });
+    sockets.push(a, b);
+    assert.deepEqual(await a.timeout(5000).emitWithAck('join', r), {});
+    assert.deepEqual(await b.timeout(5000).emitWithAck('join', r), {});
+    const native = await connectClient(server, { token: signJwt({ sub: 'n1' }, SECRET) });
+    const sub = await subscribe(native, r);
+    const pubs = publicationQueue(sub);
+
+    // A broadcast from a: b and the native client get it, a does not.
+    let aGotOwn = false;
+    a.on('chat', () => (aGotOwn = true));
+    const atB = next(b, 'chat');
+    assert.deepEqual(await a.timeout(5000).emitWithAck('broadcast', r, 'chat', 'hi', { n: 1 }), {});
+    assert.deepEqual(await atB, ['hi', { n: 1 }]);
+    const pub = await pubs.next();
+    assert.deepEqual(pub.data, { event: 'chat', args: ['hi', { n: 1 }] });
+
+    // A server API publication reaches both Socket.IO clients.
+    const atA = next(a, 'news');
+    const atB2 = next(b, 'news');
+    await api(server, 'publish', { channel: r, data: { event: 'news', args: [42] } }, API_KEY);
+    assert.deepEqual(await atA, [42]);
+    assert.deepEqual(await atB2, [42]);
+
+    // Data of another shape arrives as a `message` event.
+    const plain = next(a, 'message');
+    await api(server, 'publish', { channel: r, data: { text: 'plain' } }, API_KEY);
+    assert.deepEqual(await plain, [{ text: 'plain' }]);
+
+    // After leaving, nothing more arrives.
+    assert.deepEqual(await a.timeout(5000).emitWithAck('leave', r), {});
+    assert.equal(aGotOwn, false);
+    native.disconnect();
+  });
+
+  test('namespace permissions apply: /readonly rooms can be joined but not broadcast to', async () => {
+    const s = await connect(server, { transports: ['websocket'] }, '/readonly');
+    sockets.push(s);
+    assert.deepEqual(await s.timeout(5000).emitWithAck('join', 'r1'), {});
+    const denied = await s.timeout(5000).emitWithAck('broadcast', 'r1', 'x', 1);
+    assert.equal(denied.error.code, 103);
+  });
+
+  test('other events go to RPC: without an RPC handler the ack carries the error', async () => {
+    const s = await connect(server, { transports: ['websocket'] });
+    sockets.push(s);
+    const reply = await s.timeout(5000).emitWithAck('sum', 1, 2);
+    assert.ok(reply.error, JSON.stringify(reply));
+  });
+});
