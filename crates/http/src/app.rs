@@ -8,7 +8,7 @@ use switchboard_hub::Hub;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::{api, home, ops, transport};
+use crate::{api, home, ops, sdk, transport};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -24,8 +24,8 @@ pub struct AppState {
 /// Builds the router with every route the server serves: `/` (the start page, when
 /// `demos.enabled`), `/connection/websocket`, the HTTP-streaming and SSE transports
 /// (`/connection/http_stream`, `/connection/sse`, `/emulation`), the unidirectional ones
-/// (`/connection/uni_sse`, `/connection/uni_http_stream`), `/health`, `/metrics` and
-/// `/api/...`.
+/// (`/connection/uni_sse`, `/connection/uni_http_stream`), `/health`, `/metrics`, the browser
+/// SDK (`/js/...`, see [`sdk`]) and `/api/...`.
 pub fn router(state: AppState) -> Router {
     let transports = &state.config.transports;
     let mut router = Router::new();
@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
     let mut router = router
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .merge(sdk::router())
         .merge(api::router());
     if state.config.socketio.enabled {
         router = router.merge(socketio_router(&state));

@@ -15,6 +15,7 @@ pub mod jwks;
 pub mod ops;
 pub mod origin;
 pub mod proxy;
+pub mod sdk;
 pub mod tls;
 pub mod token;
 pub mod transport;
