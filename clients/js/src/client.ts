@@ -127,7 +127,8 @@ export class Client extends Emitter<ClientEvents> {
   _o: Options;
   private _endpoints: TransportEndpoint[];
   private _index = 0;
-  private _stuck = false;
+  private _good = 0;
+  private _tried = 0;
   private _t: Transport | null = null;
   private _gen = 0;
   private _lastId = 0;
@@ -176,7 +177,7 @@ export class Client extends Emitter<ClientEvents> {
   connect(): void {
     if (this.state !== 'disconnected') return;
     this._listen('addEventListener');
-    this._attempts = 0;
+    this._attempts = this._tried = 0;
     this._setState('connecting');
     this._emit('connecting', { code: ConnectingCode.ConnectCalled, reason: 'connect called' });
     this._open();
@@ -427,8 +428,8 @@ export class Client extends Emitter<ClientEvents> {
 
   private _connected(r: RawConnectResult): void {
     const gen = this._gen;
-    this._stuck = true;
-    this._attempts = 0;
+    this._good = this._index;
+    this._attempts = this._tried = 0;
     this.id = r.client;
     this.transport = this._endpoints[this._index]!.transport;
     this._session = r.session || '';
@@ -468,17 +469,21 @@ export class Client extends Emitter<ClientEvents> {
       return this._disconnect(code === 1009 ? DisconnectedCode.MessageSizeLimit : code, reason);
     }
     if (this.state === 'connected') return this._lost(code || ConnectingCode.TransportClosed, reason);
-    // The attempt failed before connecting: next transport, or wait and start over.
+    // The attempt failed before connecting: try the next transport at once; after a whole
+    // round, wait and start over from the one that worked last.
     this._error('transport', new SwitchboardError(ErrorCode.TransportClosed, reason, true));
     this._drop();
-    if (!this._stuck && ++this._index < this._endpoints.length) return void this._open();
-    this._index = this._stuck ? this._index : 0;
+    this._index = (this._index + 1) % this._endpoints.length;
+    if (++this._tried < this._endpoints.length) return void this._open();
+    this._tried = 0;
+    this._index = this._good;
     this._schedule();
   }
 
   /** @internal The connection is gone; connect again after a backoff delay (or `delay`). */
   _lost(code: number, reason: string, delay?: number): void {
     this._drop();
+    this._tried = 0;
     if (this.state !== 'connecting') {
       this._setState('connecting');
       this._emit('connecting', { code, reason });

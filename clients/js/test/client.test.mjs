@@ -387,7 +387,7 @@ describe('transports', () => {
     assert.throws(() => new Client([], {}), (e) => e.code === ErrorCode.BadConfiguration);
   });
 
-  test('falls back to the next transport when one fails before connecting, then sticks to the one that worked', async () => {
+  test('falls back to the next transport when one fails before connecting; reconnects start with the one that worked', async () => {
     const { fakeFetch } = await import('./fake.mjs');
     const f = fakeFetch();
     const { client, sockets, events } = setup({ fetch: f.fetch }, 'http://server.test:8000');
@@ -429,6 +429,32 @@ describe('transports', () => {
     await flush();
     assert.equal(sockets.length, 1, 'no new WebSocket: the working transport is kept');
     assert.equal(f.streams.length, 2);
+    client.disconnect();
+  });
+
+  test('an endpoint list spans nodes: a reconnect starts with the one that worked, then tries the others', async () => {
+    const { client, sockets, last } = setup({}, [
+      { transport: 'websocket', endpoint: 'ws://node-1/connection/websocket' },
+      { transport: 'websocket', endpoint: 'ws://node-2/connection/websocket' },
+      { transport: 'websocket', endpoint: 'ws://node-3/connection/websocket' },
+    ]);
+    client.connect();
+    sockets[0].serverClose(1006);
+    assert.equal(last().url, 'ws://node-2/connection/websocket');
+    await handshake(last());
+    last().serverClose(3001, 'shutdown');
+    mock.timers.tick(1000);
+    assert.equal(last().url, 'ws://node-2/connection/websocket', 'the node that worked first');
+    last().serverClose(1006);
+    assert.equal(last().url, 'ws://node-3/connection/websocket');
+    last().serverClose(1006);
+    assert.equal(last().url, 'ws://node-1/connection/websocket');
+    last().serverClose(1006);
+    assert.equal(sockets.length, 5, 'a whole round failed: wait');
+    mock.timers.tick(1000);
+    assert.equal(last().url, 'ws://node-2/connection/websocket');
+    await handshake(last());
+    assert.equal(client.state, 'connected');
     client.disconnect();
   });
 

@@ -80,7 +80,8 @@ export declare class Client extends Emitter<ClientEvents> {
     transport: TransportName | '';
     private _endpoints;
     private _index;
-    private _stuck;
+    private _good;
+    private _tried;
     private _t;
     private _gen;
     private _lastId;
