@@ -3,6 +3,7 @@
 // the server API meet in one channel), acks, JWT auth in `auth.token`, CONNECT_ERROR.
 
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
 import { io } from 'socket.io-client';
@@ -170,5 +171,85 @@ describe('socket.io-client against the binary', () => {
     sockets.push(s);
     const reply = await s.timeout(5000).emitWithAck('sum', 1, 2);
     assert.ok(reply.error, JSON.stringify(reply));
+  });
+});
+
+/** A round-robin HTTP load balancer on a free port: every request goes to the next backend. */
+async function roundRobin(backends) {
+  let i = 0;
+  const seen = backends.map(() => 0);
+  const server = http.createServer((req, res) => {
+    const k = i++ % backends.length;
+    seen[k]++;
+    const target = new URL(backends[k].httpUrl);
+    const up = http.request(
+      { host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers },
+      (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    httpUrl: `http://127.0.0.1:${server.address().port}`,
+    seen,
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}
+
+describe('socket.io on three nodes (local Redis), no sticky sessions', () => {
+  const prefix = `sb-e2e-socketio-${process.pid}-${Date.now()}`;
+  const clusterConfig = `${CONFIG}
+[broker]
+type = "redis"
+
+[broker.redis]
+addresses = ["redis://127.0.0.1:6379"]
+prefix = "${prefix}"
+`;
+  let nodes = [];
+  let lb;
+  const sockets = [];
+  before(async () => {
+    nodes = await Promise.all([0, 1, 2].map(() => startServer({ config: clusterConfig })));
+    lb = await roundRobin(nodes);
+  });
+  after(async () => {
+    for (const s of sockets) s.close();
+    await lb?.close();
+    await Promise.all(nodes.map((n) => n.stop()));
+  });
+
+  test('every polling request of a session goes to another node than the last', async () => {
+    const s = await connect(lb, { transports: ['polling'], upgrade: false });
+    sockets.push(s);
+    const r = room();
+    assert.deepEqual(await s.timeout(5000).emitWithAck('join', r), {});
+    const atS = next(s, 'news');
+    await api(nodes[1], 'publish', { channel: r, data: { event: 'news', args: ['via B'] } }, API_KEY);
+    assert.deepEqual(await atS, ['via B']);
+    for (let k = 0; k < 5; k++) {
+      const reply = await s.timeout(5000).emitWithAck('join', `${r}-${k}`);
+      assert.deepEqual(reply, {});
+    }
+    assert.ok(lb.seen.every((n) => n > 2), `requests per node: ${lb.seen}`);
+  });
+
+  test('a client on node A and one on node B meet in a room', async () => {
+    const r = room();
+    const a = await connect(nodes[0], { transports: ['websocket'] });
+    const b = await connect(nodes[1], { transports: ['polling'], upgrade: false });
+    sockets.push(a, b);
+    assert.deepEqual(await a.timeout(5000).emitWithAck('join', r), {});
+    assert.deepEqual(await b.timeout(5000).emitWithAck('join', r), {});
+    const atB = next(b, 'chat');
+    const atA = next(a, 'chat');
+    assert.deepEqual(await a.timeout(5000).emitWithAck('broadcast', r, 'chat', 'from A'), {});
+    assert.deepEqual(await atB, ['from A']);
+    assert.deepEqual(await b.timeout(5000).emitWithAck('broadcast', r, 'chat', 'from B'), {});
+    assert.deepEqual(await atA, ['from B']);
   });
 });

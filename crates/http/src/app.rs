@@ -96,5 +96,8 @@ fn socketio_router(state: &AppState) -> Router<AppState> {
         .ping_timeout(c.ping_timeout)
         .max_payload(c.max_buffer_size)
         .cors_origins(c.cors_origins.clone());
-    SocketIo::router(io.engine(engine), &c.path).with_state(())
+    let engine = io.engine(engine);
+    // Polling requests of a session may reach any node: they are relayed to its owner.
+    switchboard_socketio::cluster::HubCluster::install(&state.hub, &engine, &c.path);
+    SocketIo::router(engine, &c.path).with_state(())
 }

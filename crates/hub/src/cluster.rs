@@ -62,6 +62,12 @@ pub(crate) enum ControlMessage {
         session: String,
         data: String,
     },
+    /// A message for the relay handler of `topic` on `node` (see [`crate::relay`]).
+    Relay {
+        node: String,
+        topic: String,
+        data: String,
+    },
     /// Set a user's connections' expiry, or expire them now.
     Refresh {
         user: String,
@@ -151,6 +157,11 @@ fn apply(hub: &crate::Hub, message: ControlMessage) {
                 }
             }
         }
+        ControlMessage::Relay { node, topic, data } => {
+            if node == hub.inner.node.id {
+                hub.inner.relays.deliver(&topic, data);
+            }
+        }
         ControlMessage::Disconnect {
             user,
             client,
@@ -203,6 +214,11 @@ mod tests {
     #[test]
     fn control_messages_round_trip() {
         let messages = [
+            ControlMessage::Relay {
+                node: "n".into(),
+                topic: "socketio/socket.io/".into(),
+                data: "{}".into(),
+            },
             ControlMessage::Subscribe {
                 user: "u".into(),
                 client: None,

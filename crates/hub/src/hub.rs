@@ -164,6 +164,8 @@ pub(crate) struct Inner {
     pub(crate) nodes: NodeList,
     /// Sessions of emulated transports held by this node.
     pub(crate) emulation: Arc<crate::emulation::EmulationSessions>,
+    /// Handlers of relayed node-to-node messages, by topic.
+    pub(crate) relays: crate::relay::Relays,
     shutting_down: AtomicBool,
     started: std::time::Instant,
 }
@@ -247,6 +249,7 @@ impl Hub {
             Inner {
                 nodes: NodeList::default(),
                 emulation: Arc::default(),
+                relays: Default::default(),
                 proxy: std::sync::OnceLock::new(),
                 handlers: std::sync::OnceLock::new(),
                 connect_tokens,
@@ -406,6 +409,27 @@ impl Hub {
     /// The sessions of emulated transports (HTTP-streaming, SSE) this node holds.
     pub fn emulation_sessions(&self) -> &Arc<crate::emulation::EmulationSessions> {
         &self.inner.emulation
+    }
+
+    /// Registers the handler of relayed messages under `topic` (replacing any earlier one).
+    pub fn on_relay(&self, topic: &str, handler: crate::relay::RelayHandler) {
+        self.inner.relays.set(topic, handler);
+    }
+
+    /// Sends `data` to the relay handler of `topic` on node `node` (its [`NodeInfo::id`]):
+    /// directly when `node` is this node, else through the broker's control channel. Error 100
+    /// when the broker could not take it.
+    pub async fn relay(&self, node: &str, topic: &str, data: String) -> Result<(), ErrorCode> {
+        if node == self.inner.node.id {
+            self.inner.relays.deliver(topic, data);
+            return Ok(());
+        }
+        self.broadcast_control(ControlMessage::Relay {
+            node: node.to_owned(),
+            topic: topic.to_owned(),
+            data,
+        })
+        .await
     }
 
     /// Hands a batch of commands from `POST /emulation` to session `session` on node `node`:

@@ -48,6 +48,7 @@ mod metrics;
 mod outbound;
 pub mod proxy;
 mod registry;
+pub mod relay;
 mod session;
 
 pub use broker::{

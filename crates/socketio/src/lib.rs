@@ -28,6 +28,7 @@
 //! ```
 
 pub mod bridge;
+pub mod cluster;
 pub mod engine;
 pub mod sio;
 

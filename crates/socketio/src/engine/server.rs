@@ -36,6 +36,60 @@ struct Inner {
     config: EngineConfig,
     registry: Arc<Registry>,
     handler: Arc<dyn EngineHandler>,
+    cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
+}
+
+/// A polling request for a session held by another node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedRequest {
+    /// The session id.
+    pub sid: String,
+    /// `true` for a POST (`body` holds the payload), `false` for a GET.
+    pub post: bool,
+    /// The POST body.
+    pub body: String,
+}
+
+/// The owning node's answer to a [`ForwardedRequest`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// Body.
+    pub body: String,
+}
+
+/// The nodes of a cluster, for polling requests that reach a node other than the one holding
+/// their session (no sticky sessions needed). Session ids carry the owning node's id after a
+/// `.`.
+pub trait Cluster: Send + Sync + 'static {
+    /// This node's id (no `.` in it).
+    fn node_id(&self) -> &str;
+    /// Sends `req` to `node` and waits for its answer (`None`: no answer in time).
+    fn forward(
+        &self,
+        node: &str,
+        req: ForwardedRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ForwardedResponse>> + Send>>;
+}
+
+/// A weak handle on an [`Engine`] (for a [`Cluster`] that serves forwarded requests).
+#[derive(Clone)]
+pub struct WeakEngine(std::sync::Weak<Inner>);
+
+impl std::fmt::Debug for WeakEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakEngine")
+    }
+}
+
+impl WeakEngine {
+    /// The engine, while it exists.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -98,8 +152,91 @@ impl Engine {
                 config,
                 registry: Arc::new(Registry::default()),
                 handler,
+                cluster: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Joins a cluster: new session ids carry this node's id, and polling requests for
+    /// sessions of other nodes are forwarded to them. Set once, before serving.
+    pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// A weak handle on this engine.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
+    }
+
+    /// Serves a polling request forwarded by another node for a session of this one.
+    pub async fn serve_forwarded(&self, req: ForwardedRequest) -> ForwardedResponse {
+        let resp = match self.inner.registry.get(&req.sid) {
+            Some(s)
+                if s.check_expired() && s.state.lock().closed != Some(CloseReason::ClientClose) =>
+            {
+                error(ErrorCode::UnknownSid)
+            }
+            None => error(ErrorCode::UnknownSid),
+            Some(s) if req.post => self.post_bytes(s, req.body.into()).await,
+            Some(s) => poll(s).await,
+        };
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("text/plain; charset=UTF-8")
+            .to_owned();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        ForwardedResponse {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    fn new_sid_suffix(&self) -> Option<String> {
+        self.inner.cluster.get().map(|c| c.node_id().to_owned())
+    }
+
+    /// Forwards a polling request whose session another node holds; `None` when `sid` names
+    /// no other node.
+    async fn forward(&self, sid: &str, req: Request) -> Option<Response> {
+        let cluster = self.inner.cluster.get()?;
+        let (_, node) = sid.split_once('.')?;
+        if node == cluster.node_id() {
+            return None;
+        }
+        let post = match *req.method() {
+            Method::GET => false,
+            Method::POST => true,
+            _ => return Some(error(ErrorCode::BadRequest)),
+        };
+        let body = if post {
+            match axum::body::to_bytes(req.into_body(), self.inner.config.max_payload).await {
+                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                Err(_) => return Some((StatusCode::PAYLOAD_TOO_LARGE, "").into_response()),
+            }
+        } else {
+            String::new()
+        };
+        let fwd = ForwardedRequest {
+            sid: sid.to_owned(),
+            post,
+            body,
+        };
+        let Some(answer) = cluster.forward(node, fwd).await else {
+            return Some(error(ErrorCode::UnknownSid));
+        };
+        let mut resp = Response::new(Body::from(answer.body));
+        *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if let Ok(ct) = HeaderValue::from_str(&answer.content_type) {
+            resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        Some(resp)
     }
 
     /// The options it runs with.
@@ -140,6 +277,12 @@ impl Engine {
         }
         let is_ws = q.transport == Some("websocket");
         let session = match q.sid {
+            Some(sid) if !is_ws && self.inner.registry.get(sid).is_none() => {
+                return match self.forward(sid, req).await {
+                    Some(resp) => resp,
+                    None => error(ErrorCode::UnknownSid),
+                };
+            }
             Some(sid) => match self.inner.registry.get(sid) {
                 Some(s)
                     if s.check_expired()
@@ -180,10 +323,11 @@ impl Engine {
     }
 
     fn open_polling(&self) -> Response {
-        let (session, rx) = self
-            .inner
-            .registry
-            .create(Transport::Polling, &self.inner.config);
+        let (session, rx) = self.inner.registry.create(
+            Transport::Polling,
+            &self.inner.config,
+            self.new_sid_suffix(),
+        );
         let open = self.handshake(&session.sid, true);
         self.inner.handler.on_open(
             EngineSocket {
@@ -201,6 +345,18 @@ impl Engine {
     }
 
     async fn post(&self, session: Arc<Session>, req: Request) -> Response {
+        let max = self.inner.config.max_payload;
+        let body = match axum::body::to_bytes(req.into_body(), max).await {
+            Ok(b) => b,
+            Err(_) => {
+                session.close(CloseReason::TransportError);
+                return (StatusCode::PAYLOAD_TOO_LARGE, "").into_response();
+            }
+        };
+        self.post_bytes(session, body).await
+    }
+
+    async fn post_bytes(&self, session: Arc<Session>, body: bytes::Bytes) -> Response {
         {
             let mut st = session.state.lock();
             if st.transport == Transport::WebSocket || st.closed.is_some() {
@@ -215,14 +371,10 @@ impl Engine {
             st.post_active = true;
         }
         let _guard = PostGuard(&session);
-        let max = self.inner.config.max_payload;
-        let body = match axum::body::to_bytes(req.into_body(), max).await {
-            Ok(b) => b,
-            Err(_) => {
-                session.close(CloseReason::TransportError);
-                return (StatusCode::PAYLOAD_TOO_LARGE, "").into_response();
-            }
-        };
+        if body.len() > self.inner.config.max_payload {
+            session.close(CloseReason::TransportError);
+            return (StatusCode::PAYLOAD_TOO_LARGE, "").into_response();
+        }
         let packets = match decode_payload(&body, MAX_PACKETS_PER_PAYLOAD) {
             Ok(p) => p,
             Err(e) => {
@@ -288,10 +440,11 @@ impl Engine {
 
     /// A session opened directly over WebSocket.
     async fn run_websocket<IO: AsyncRead + AsyncWrite + Unpin>(&self, mut ws: WsSocket<IO>) {
-        let (session, rx) = self
-            .inner
-            .registry
-            .create(Transport::WebSocket, &self.inner.config);
+        let (session, rx) = self.inner.registry.create(
+            Transport::WebSocket,
+            &self.inner.config,
+            self.new_sid_suffix(),
+        );
         let open = self.handshake(&session.sid, false);
         queue(&mut ws, &open);
         self.inner.handler.on_open(

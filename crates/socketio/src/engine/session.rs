@@ -132,8 +132,14 @@ impl Registry {
         self: &Arc<Self>,
         transport: Transport,
         config: &EngineConfig,
+        node: Option<String>,
     ) -> (Arc<Session>, mpsc::Receiver<Data>) {
-        let sid: Arc<str> = Arc::from(new_sid());
+        let mut sid = new_sid();
+        if let Some(node) = node {
+            sid.push('.');
+            sid.push_str(&node);
+        }
+        let sid: Arc<str> = Arc::from(sid);
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let session = Arc::new(Session {
             sid: sid.clone(),
