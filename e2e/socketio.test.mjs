@@ -4,7 +4,10 @@
 
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
 import { io } from 'socket.io-client';
 
@@ -251,5 +254,90 @@ prefix = "${prefix}"
     assert.deepEqual(await atB, ['from A']);
     assert.deepEqual(await b.timeout(5000).emitWithAck('broadcast', r, 'chat', 'from B'), {});
     assert.deepEqual(await atA, ['from B']);
+  });
+});
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const EXAMPLES = process.env.EXAMPLES_DIR || path.join(here, '..', 'target', 'release', 'examples');
+
+/** Runs the library example `socketio_chat` on a free port. */
+async function startChatExample() {
+  const child = spawn(path.join(EXAMPLES, 'socketio_chat'), [], {
+    env: { ...process.env, ADDR: '127.0.0.1:0', RUST_LOG: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stderr.on('data', (c) => (log += c));
+  const address = await withTimeout(
+    new Promise((resolve, reject) => {
+      child.stdout.on('data', (c) => {
+        log += c;
+        const m = /listening on http:\/\/(\S+)/.exec(log);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (code) => reject(new Error(`socketio_chat exited (${code}): ${log}`)));
+    }),
+    15000,
+    'socketio_chat did not start',
+  );
+  return {
+    httpUrl: `http://${address}`,
+    wsUrl: `ws://${address}/connection/websocket`,
+    stop: () => {
+      child.kill('SIGTERM');
+      return new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', resolve)));
+    },
+  };
+}
+
+describe('library semantics: the socketio_chat example (typed handlers in Rust)', () => {
+  let chat;
+  const sockets = [];
+  before(async () => {
+    chat = await startChatExample();
+  });
+  after(async () => {
+    for (const s of sockets) s.close();
+    await chat?.stop();
+  });
+
+  test('typed handlers, rooms as hub channels, a native client and the server API in the room', async () => {
+    const r = room();
+    const a = await connect(chat, { transports: ['websocket'], auth: {} });
+    const b = await connect(chat, { transports: ['polling'], auth: {} });
+    sockets.push(a, b);
+    assert.deepEqual(await a.timeout(5000).emitWithAck('join', r), { joined: r });
+    assert.deepEqual(await b.timeout(5000).emitWithAck('join', r), { joined: r });
+    const native = await connectClient(chat);
+    const pubs = publicationQueue(await subscribe(native, r));
+    let aGotOwn = false;
+    a.on('said', () => (aGotOwn = true));
+    const atB = next(b, 'said');
+    a.emit('say', { room: r, text: 'hello' });
+    assert.deepEqual(await atB, [a.id, 'hello']);
+    assert.deepEqual((await pubs.next()).data, { event: 'said', args: [a.id, 'hello'] });
+    const atA = next(a, 'news');
+    const res = await fetch(`${chat.httpUrl}/api/publish`, {
+      method: 'POST',
+      body: JSON.stringify({ channel: r, data: { event: 'news', args: [1] } }),
+    });
+    assert.equal(res.status, 200);
+    assert.deepEqual(await atA, [1]);
+    assert.equal(aGotOwn, false);
+    native.disconnect();
+  });
+
+  test('acks both ways, with binary', async () => {
+    const s = await connect(chat, { transports: ['polling', 'websocket'], auth: {} });
+    sockets.push(s);
+    const [text, bin] = await new Promise((resolve, reject) =>
+      s.timeout(5000).emit('echo', 'x', Buffer.from([1, 2, 3]), (err, ...args) => (err ? reject(err) : resolve(args))),
+    );
+    assert.equal(text, 'x');
+    assert.deepEqual([...new Uint8Array(bin)], [1, 2, 3]);
+    s.on('question', (q, ack) => ack(`answer to ${q}`));
+    const answer = next(s, 'answer');
+    s.emit('ask', 'life');
+    assert.deepEqual(await answer, ['answer to life']);
   });
 });

@@ -61,7 +61,14 @@ struct Command {
 #[derive(Clone)]
 pub struct HubBridge {
     hub: Hub,
-    sessions: Arc<Mutex<HashMap<Arc<str>, mpsc::Sender<Command>>>>,
+    sessions: Arc<Mutex<HashMap<Arc<str>, HubSession>>>,
+}
+
+/// A socket's hub session: where its commands go, and its hub client id.
+#[derive(Clone)]
+struct HubSession {
+    tx: mpsc::Sender<Command>,
+    client: String,
 }
 
 impl std::fmt::Debug for HubBridge {
@@ -93,7 +100,8 @@ impl HubBridge {
         });
         let bridge = self.clone();
         h.on_any(move |socket, name, payload, ack| {
-            let Some(tx) = bridge.sessions.lock().get(socket.id()).cloned() else {
+            let Some(HubSession { tx, .. }) = bridge.sessions.lock().get(socket.id()).cloned()
+            else {
                 return;
             };
             // Queued here, in the order the events arrived; only the wait for the reply is
@@ -153,8 +161,111 @@ impl HubBridge {
             .and_then(Value::as_str)
             .unwrap_or_default();
         socket.set_extension("hub_client", Value::String(client_id.to_owned()));
-        self.sessions.lock().insert(Arc::from(socket.id()), tx);
+        self.sessions.lock().insert(
+            Arc::from(socket.id()),
+            HubSession {
+                tx,
+                client: client_id.to_owned(),
+            },
+        );
         Ok(())
+    }
+
+    /// Library semantics: every socket of `io` (any namespace) gets a hub session when it
+    /// connects (the hub's authentication applies: `auth.token`, anonymous clients, the connect
+    /// proxy or handler), and rooms become hub channels: `socket.join(room)` subscribes the
+    /// socket's session to the room's channel, and emitting to rooms publishes into their
+    /// channels, so every member gets it on any node, with native clients and server API
+    /// publications in the same rooms. Events still go to `io`'s own handlers.
+    pub fn attach(&self, io: &crate::sio::SocketIo) {
+        let bridge = self.clone();
+        let disconnect = self.clone();
+        io.hooks(move |h| {
+            h.use_connect(move |socket, auth| {
+                let bridge = bridge.clone();
+                async move { bridge.connect(socket, auth).await }
+            });
+            h.on_disconnect(move |socket, _reason| {
+                disconnect.sessions.lock().remove(socket.id());
+            });
+        });
+        io.set_bus(Arc::new(self.clone()));
+    }
+
+    fn send(&self, socket: &Socket, frame: Value) {
+        let session = self.sessions.lock().get(socket.id()).cloned();
+        if let Some(s) = session {
+            if s.tx.try_send(Command { frame, reply: None }).is_err() {
+                tracing::debug!(
+                    socket = socket.id(),
+                    "socket.io: hub session busy, command dropped"
+                );
+            }
+        }
+    }
+}
+
+impl crate::sio::Bus for HubBridge {
+    fn join(&self, socket: &Socket, room: &str) {
+        self.send(
+            socket,
+            json!({ "subscribe": { "channel": room_channel(socket.ns(), room) } }),
+        );
+    }
+
+    fn leave(&self, socket: &Socket, room: &str) {
+        self.send(
+            socket,
+            json!({ "unsubscribe": { "channel": room_channel(socket.ns(), room) } }),
+        );
+    }
+
+    fn publish(
+        &self,
+        ns: &str,
+        rooms: &[String],
+        except: Option<&str>,
+        packet: &crate::sio::Packet,
+    ) {
+        use base64::Engine as _;
+        let Some(Value::Array(array)) = &packet.data else {
+            return;
+        };
+        let mut data = json!({
+            "event": array.first().cloned().unwrap_or(Value::Null),
+            "args": array.iter().skip(1).cloned().collect::<Vec<_>>(),
+        });
+        if !packet.bins.is_empty() {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            data["bins"] = packet
+                .bins
+                .iter()
+                .map(|b| Value::String(b64.encode(b)))
+                .collect();
+        }
+        let Ok(raw) = serde_json::value::to_raw_value(&data) else {
+            return;
+        };
+        // The publisher's client id lets its own session skip the publication.
+        let info = except
+            .and_then(|id| self.sessions.lock().get(id).map(|s| s.client.clone()))
+            .map(|client| switchboard_proto::ClientInfo {
+                user: String::new(),
+                client,
+                conn_info: None,
+                chan_info: None,
+            });
+        for room in rooms {
+            let hub = self.hub.clone();
+            let channel = room_channel(ns, room);
+            let raw = raw.clone();
+            let info = info.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hub.publish(&channel, raw, info).await {
+                    tracing::debug!(%channel, error = ?e, "socket.io: room publication failed");
+                }
+            });
+        }
     }
 }
 
@@ -305,9 +416,19 @@ fn handle_item(line: &[u8], socket: &Socket, pending: &mut HashMap<u64, oneshot:
         let data = publication.get("data").cloned().unwrap_or(Value::Null);
         let (event, args) = match (&data.get("event"), &data.get("args")) {
             (Some(Value::String(e)), Some(Value::Array(a))) => (e.clone(), a.clone()),
-            _ => ("message".to_owned(), vec![data]),
+            _ => ("message".to_owned(), vec![data.clone()]),
         };
-        socket.emit_payload(&event, Payload::json(args));
+        let bins = match data.get("bins") {
+            Some(Value::Array(b)) => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                b.iter()
+                    .filter_map(|v| b64.decode(v.as_str()?).ok().map(Bytes::from))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        socket.emit_payload(&event, Payload { args, bins });
     } else if push.get("disconnect").is_some() {
         socket.disconnect();
     }

@@ -71,6 +71,17 @@ pub mod config {
 
 pub use config::Config;
 
+/// Socket.IO in your application (docs/SOCKETIO.md): build a [`socketio::SocketIo`] with
+/// namespaces and typed event handlers, then serve it on a node with [`Node::socketio`] so its
+/// rooms are hub channels across the cluster.
+pub mod socketio {
+    pub use switchboard_socketio::engine::EngineConfig;
+    pub use switchboard_socketio::sio::{
+        AckError, AckSender, ConnectError, Emitter, Handlers, Namespace, Payload, SioConfig,
+        Socket, SocketIo,
+    };
+}
+
 pub use switchboard_broker_nats::NatsConfig;
 pub use switchboard_broker_redis::RedisConfig;
 pub use switchboard_hub::handlers::{

@@ -70,6 +70,31 @@ impl Node {
         })
     }
 
+    /// Serves `io` (namespaces and handlers of your own: library semantics) on this node, at
+    /// the path of the configuration's `[socketio]` section (default `/socket.io/`), with its
+    /// ping, buffer and CORS options. Merge the router into your app (`[socketio] enabled` is
+    /// about the binary's built-in semantics and must stay off on that path).
+    ///
+    /// Every socket gets a hub session when it connects (the hub's authentication applies:
+    /// `auth.token`, anonymous clients, the connect handler), rooms are hub channels (room `R`
+    /// of namespace `/chat` is channel `chat:R`): `socket.join(room)` subscribes, and
+    /// `socket.to(room).emit(...)` publishes, so members on every node get it, together with
+    /// native clients and server API publications. Polling requests may reach any node.
+    pub fn socketio(&self, io: &crate::socketio::SocketIo) -> axum::Router {
+        let c = &self.config.socketio;
+        let bridge = switchboard_socketio::bridge::HubBridge::new(self.hub.clone());
+        bridge.attach(io);
+        let engine = io.engine(
+            switchboard_socketio::EngineConfig::default()
+                .ping_interval(c.ping_interval)
+                .ping_timeout(c.ping_timeout)
+                .max_payload(c.max_buffer_size)
+                .cors_origins(c.cors_origins.clone()),
+        );
+        switchboard_socketio::cluster::HubCluster::install(&self.hub, &engine, &c.path);
+        switchboard_socketio::SocketIo::router(engine, &c.path)
+    }
+
     /// Serves the node alone on `addr` (with the configuration's TLS, head timeout and
     /// graceful shutdown) until SIGINT or SIGTERM, then drains it.
     pub async fn serve(self, addr: SocketAddr) -> anyhow::Result<()> {

@@ -37,18 +37,19 @@ impl Default for SioConfig {
     }
 }
 
-/// Carries room traffic between nodes (implemented on the hub by the `switchboard` crates).
+/// Carries room traffic, for rooms that span the nodes of a cluster (implemented on the hub by
+/// [`crate::bridge::HubBridge`]).
 ///
-/// `publish` is called for every broadcast to rooms; the bus delivers it on the other nodes
-/// with [`SocketIo::deliver_remote`]. `joined`/`left` tell it when a room gains its first, or
-/// loses its last, local member, so it can subscribe to and unsubscribe from the room.
+/// With a bus, rooms live in the bus: `join`/`leave` tell it about a socket's rooms, and a
+/// broadcast to rooms is only `publish`ed; the bus delivers it to every member, on this node
+/// too. Without one, rooms are local to the node.
 pub trait Bus: Send + Sync + 'static {
-    /// A room of namespace `ns` got its first local member.
-    fn joined(&self, ns: &str, room: &str);
-    /// A room of namespace `ns` lost its last local member.
-    fn left(&self, ns: &str, room: &str);
-    /// Broadcasts `packet` to `rooms` of `ns` on the other nodes (every socket of `ns` when
-    /// `rooms` is empty), leaving out socket `except`.
+    /// `socket` joined `room`.
+    fn join(&self, socket: &Socket, room: &str);
+    /// `socket` left `room`.
+    fn leave(&self, socket: &Socket, room: &str);
+    /// Broadcasts `packet` to the members of `rooms` of namespace `ns`, leaving out the socket
+    /// `except`.
     fn publish(&self, ns: &str, rooms: &[String], except: Option<&str>, packet: &Packet);
 }
 
@@ -60,6 +61,8 @@ struct Inner {
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     dynamic: RwLock<Vec<(Matcher, Handlers)>>,
     bus: RwLock<Option<Arc<dyn Bus>>>,
+    /// Hooks of every namespace: connect middleware run first, disconnect handlers run last.
+    hooks: RwLock<Handlers>,
 }
 
 /// A Socket.IO server. Register namespaces, then serve it with [`SocketIo::engine`].
@@ -85,6 +88,7 @@ impl SocketIo {
                 namespaces: RwLock::default(),
                 dynamic: RwLock::default(),
                 bus: RwLock::default(),
+                hooks: RwLock::default(),
             }),
         }
     }
@@ -111,6 +115,12 @@ impl SocketIo {
         build(&mut h);
         self.inner.dynamic.write().push((Arc::new(matches), h));
         self
+    }
+
+    /// Adds hooks to every namespace: `build` may add connect middleware (run before the
+    /// namespace's own) and a disconnect handler (run after the namespace's own).
+    pub fn hooks(&self, build: impl FnOnce(&mut Handlers)) {
+        build(&mut self.inner.hooks.write());
     }
 
     /// Installs the bus that carries room traffic across nodes.
@@ -212,7 +222,9 @@ impl Emitter {
         self
     }
 
-    /// Emits `event` with `args`; returns how many local sockets got it.
+    /// Emits `event` with `args`; returns how many local sockets got it directly (0 when a
+    /// [`Bus`] carries it to the rooms' members). Without rooms: every socket of the namespace
+    /// on this node.
     pub fn emit(&self, event: &str, args: Vec<Value>) -> usize {
         self.emit_payload(event, Payload::json(args))
     }
@@ -221,10 +233,14 @@ impl Emitter {
     pub fn emit_payload(&self, event: &str, payload: Payload) -> usize {
         let packet = Packet::event(&self.ns.name, event, payload.args, payload.bins, None);
         let except = self.except.as_deref();
-        if let Some(bus) = &self.bus {
-            bus.publish(&self.ns.name, &self.rooms, except, &packet);
+        match &self.bus {
+            // The bus delivers to room members everywhere, this node included.
+            Some(bus) if !self.rooms.is_empty() => {
+                bus.publish(&self.ns.name, &self.rooms, except, &packet);
+                0
+            }
+            _ => self.ns.deliver_local(&packet, &self.rooms, except),
         }
-        self.ns.deliver_local(&packet, &self.rooms, except)
     }
 }
 
@@ -391,8 +407,16 @@ impl Connection {
             .data
             .unwrap_or_else(|| Value::Object(Default::default()));
         let bus = self.io.inner.bus.read().clone();
-        let socket = Socket::new(ns.clone(), self.engine.clone(), auth.clone(), bus);
-        for mw in &ns.handlers.middleware {
+        let global_disconnect = self.io.inner.hooks.read().disconnect.clone();
+        let socket = Socket::new(
+            ns.clone(),
+            self.engine.clone(),
+            auth.clone(),
+            bus,
+            global_disconnect,
+        );
+        let global = self.io.inner.hooks.read().middleware.clone();
+        for mw in global.iter().chain(&ns.handlers.middleware) {
             if let Err(err) = mw(socket.clone(), auth.clone()).await {
                 self.engine.send(Data::Text(
                     Packet::new(PacketType::ConnectError, &nsp, None, Some(err.to_value()))

@@ -53,6 +53,8 @@ pub(crate) struct SocketInner {
     next_ack: AtomicU64,
     connected: AtomicBool,
     pub(crate) bus: Option<Arc<dyn Bus>>,
+    /// Disconnect handlers of every namespace (run after the namespace's own).
+    pub(crate) global_disconnect: Option<super::namespace::DisconnectHandler>,
     /// Data the application attaches to the socket (user id, ...).
     pub(crate) extensions: Mutex<HashMap<String, Value>>,
 }
@@ -76,6 +78,7 @@ impl Socket {
         engine: EngineSocket,
         auth: Value,
         bus: Option<Arc<dyn Bus>>,
+        global_disconnect: Option<super::namespace::DisconnectHandler>,
     ) -> Self {
         use base64::Engine as _;
         let mut id = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -91,6 +94,7 @@ impl Socket {
             next_ack: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             bus,
+            global_disconnect,
             extensions: Mutex::default(),
         }))
     }
@@ -202,12 +206,12 @@ impl Socket {
         }
     }
 
-    /// Joins `room` (on this node and, with a hub, across the cluster).
+    /// Joins `room` (with a [`Bus`], across the cluster).
     pub fn join(&self, room: &str) {
         if self.0.rooms.lock().insert(room.to_owned()) {
             self.0.ns.join(room, &self.0.id);
             if let Some(bus) = &self.0.bus {
-                bus.joined(&self.0.ns.name, room);
+                bus.join(self, room);
             }
         }
     }
@@ -215,9 +219,9 @@ impl Socket {
     /// Leaves `room`.
     pub fn leave(&self, room: &str) {
         if self.0.rooms.lock().remove(room) {
-            let emptied = self.0.ns.leave(room, &self.0.id);
-            if let (Some(bus), true) = (&self.0.bus, emptied) {
-                bus.left(&self.0.ns.name, room);
+            self.0.ns.leave(room, &self.0.id);
+            if let Some(bus) = &self.0.bus {
+                bus.leave(self, room);
             }
         }
     }
@@ -253,14 +257,14 @@ impl Socket {
         }
         let rooms: Vec<String> = self.0.rooms.lock().drain().collect();
         for room in rooms {
-            let emptied = self.0.ns.leave(&room, &self.0.id);
-            if let (Some(bus), true) = (&self.0.bus, emptied) {
-                bus.left(&self.0.ns.name, &room);
-            }
+            self.0.ns.leave(&room, &self.0.id);
         }
         self.0.ns.sockets.write().remove(&self.0.id);
         self.0.acks.lock().clear();
         if let Some(h) = &self.0.ns.handlers.disconnect {
+            h(self.clone(), reason);
+        }
+        if let Some(h) = &self.0.global_disconnect {
             h(self.clone(), reason);
         }
     }
