@@ -341,3 +341,67 @@ describe('library semantics: the socketio_chat example (typed handlers in Rust)'
     assert.deepEqual(await answer, ['answer to life']);
   });
 });
+
+describe('connection state recovery on the hub history', () => {
+  let server;
+  const sockets = [];
+  before(async () => {
+    server = await startServer({
+      config: CONFIG.replace(
+        '[channel.default]',
+        '[channel.default]\nhistory_size = 100\nhistory_ttl = "300s"',
+      ).replace('cors_origins = ["*"]', 'cors_origins = ["*"]\nrecovery = true'),
+    });
+  });
+  after(async () => {
+    for (const s of sockets) s.close();
+    await server?.stop();
+  });
+
+  test('a client that comes back gets its rooms and what it missed; socket.recovered', async () => {
+    const r = room();
+    const s = await connect(server, { transports: ['websocket'], reconnection: true, reconnectionDelay: 100 });
+    sockets.push(s);
+    assert.equal(s.recovered, false);
+    const joined = next(s, 'sb:offset');
+    assert.deepEqual(await s.timeout(5000).emitWithAck('join', r), {});
+    await joined;
+    const first = next(s, 'news');
+    await api(server, 'publish', { channel: r, data: { event: 'news', args: [1] } }, API_KEY);
+    const [n1, offset] = await first;
+    assert.equal(n1, 1);
+    assert.equal(typeof offset, 'string');
+
+    // The connection drops; two publications go out while the client is away.
+    const disconnected = next(s, 'disconnect');
+    s.io.engine.close();
+    await disconnected;
+    await api(server, 'publish', { channel: r, data: { event: 'news', args: [2] } }, API_KEY);
+    await api(server, 'publish', { channel: r, data: { event: 'news', args: [3] } }, API_KEY);
+    const got = [];
+    s.on('news', (n) => got.push(n));
+    await next(s, 'connect');
+    assert.equal(s.recovered, true);
+    const deadline = Date.now() + 5000;
+    while (got.length < 2 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    assert.deepEqual(got, [2, 3]);
+
+    // The room is back: new publications arrive too.
+    const later = next(s, 'news');
+    await api(server, 'publish', { channel: r, data: { event: 'news', args: [4] } }, API_KEY);
+    assert.equal((await later)[0], 4);
+  });
+
+  test('a client with an unknown offset is not recovered', async () => {
+    const s = await connect(server, { transports: ['websocket'] });
+    sockets.push(s);
+    s._pid = 'made-up';
+    s._lastOffset = 'garbage';
+    const disconnected = next(s, 'disconnect');
+    s.io.reconnection(true);
+    s.io.engine.close();
+    await disconnected;
+    await next(s, 'connect');
+    assert.equal(s.recovered, false);
+  });
+});

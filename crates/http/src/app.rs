@@ -89,7 +89,7 @@ fn socketio_router(state: &AppState) -> Router<AppState> {
     let mut sio = SioConfig::default();
     sio.connect_timeout = c.connect_timeout;
     let io = SocketIo::new(sio);
-    let bridge = HubBridge::new(state.hub.clone());
+    let bridge = HubBridge::new(state.hub.clone()).with_recovery(c.recovery);
     io.dynamic_ns(|_| true, |h| bridge.install(h));
     let engine = EngineConfig::default()
         .ping_interval(c.ping_interval)

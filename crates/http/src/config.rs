@@ -321,6 +321,10 @@ pub struct SocketIoConfig {
     /// Origins allowed to poll cross-origin (`*` for any). Default none (`["*"]` in development
     /// mode).
     pub cors_origins: Vec<String>,
+    /// Connection state recovery: a client that comes back gets its rooms and the publications
+    /// it missed (from the channels' history), and `socket.recovered`. Events from rooms then
+    /// carry the offset as an extra last argument. Default false.
+    pub recovery: bool,
 }
 
 impl Default for SocketIoConfig {
@@ -333,6 +337,7 @@ impl Default for SocketIoConfig {
             max_buffer_size: 1_000_000,
             connect_timeout: Duration::from_secs(45),
             cors_origins: Vec::new(),
+            recovery: false,
         }
     }
 }

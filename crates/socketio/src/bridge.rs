@@ -18,7 +18,7 @@
 //! who may join and broadcast there. A socket does not get its own broadcasts back (Socket.IO's
 //! `socket.to(room).emit` semantics).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::{poll_fn, Future as _};
 use std::sync::Arc;
 use std::task::Poll;
@@ -62,6 +62,7 @@ struct Command {
 pub struct HubBridge {
     hub: Hub,
     sessions: Arc<Mutex<HashMap<Arc<str>, HubSession>>>,
+    recovery: bool,
 }
 
 /// A socket's hub session: where its commands go, and its hub client id.
@@ -83,7 +84,14 @@ impl HubBridge {
         Self {
             hub,
             sessions: Arc::default(),
+            recovery: false,
         }
+    }
+
+    /// Turns connection state recovery on or off (see [`crate::bridge`]'s "Recovery").
+    pub fn with_recovery(mut self, on: bool) -> Self {
+        self.recovery = on;
+        self
     }
 
     /// Sets up `h` (the handlers of a namespace) with the standalone semantics.
@@ -145,7 +153,7 @@ impl HubBridge {
             connect["data"] = auth.clone();
         }
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(drive(Box::new(client), socket.clone(), rx));
+        tokio::spawn(drive(Box::new(client), socket.clone(), rx, self.recovery));
         let reply = command(&tx, json!({ "connect": connect }))
             .await
             .map_err(|_| ConnectError::new("internal server error"))?;
@@ -161,6 +169,10 @@ impl HubBridge {
             .and_then(Value::as_str)
             .unwrap_or_default();
         socket.set_extension("hub_client", Value::String(client_id.to_owned()));
+        if self.recovery {
+            let pid = self.recover(&tx, &auth).await;
+            socket.set_extension("pid", Value::String(pid));
+        }
         self.sessions.lock().insert(
             Arc::from(socket.id()),
             HubSession {
@@ -169,6 +181,36 @@ impl HubBridge {
             },
         );
         Ok(())
+    }
+
+    /// Resubscribes the rooms of the offset a returning client sent, recovering what it
+    /// missed (the publications are emitted by the session's task as the replies come in).
+    /// Returns the private session id: the client's when every room was recovered (the client
+    /// then sees `socket.recovered`), else a new one.
+    async fn recover(&self, tx: &mpsc::Sender<Command>, auth: &Value) -> String {
+        let fresh = || uuid::Uuid::new_v4().simple().to_string();
+        let (Some(pid), Some(offset)) = (
+            auth.get("pid").and_then(Value::as_str),
+            auth.get("offset").and_then(Value::as_str),
+        ) else {
+            return fresh();
+        };
+        let Some(positions) = decode_offset(offset) else {
+            return fresh();
+        };
+        let mut all = true;
+        for (channel, (offset, epoch)) in positions {
+            let frame = json!({ "subscribe": {
+                "channel": channel, "recover": true, "offset": offset, "epoch": epoch,
+            } });
+            let reply = command(tx, frame).await.unwrap_or(Value::Null);
+            all &= reply.pointer("/subscribe/recovered") == Some(&Value::Bool(true));
+        }
+        if all && pid.len() <= 64 {
+            pid.to_owned()
+        } else {
+            fresh()
+        }
     }
 
     /// Library semantics: every socket of `io` (any namespace) gets a hub session when it
@@ -326,10 +368,20 @@ enum Event {
 
 /// Drives one socket's hub session: its commands, its outbound queue (replies and
 /// publications), its timers and server API controls.
-async fn drive(mut client: Box<Client>, socket: Socket, mut rx: mpsc::Receiver<Command>) {
+async fn drive(
+    mut client: Box<Client>,
+    socket: Socket,
+    mut rx: mpsc::Receiver<Command>,
+    recovery: bool,
+) {
     let out = client.outbound().clone();
     let mut next_id: u64 = 1;
-    let mut pending: HashMap<u64, oneshot::Sender<Value>> = HashMap::new();
+    let mut state = DriveState {
+        socket,
+        pending: HashMap::new(),
+        positions: BTreeMap::new(),
+        recovery,
+    };
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let deadline = client.next_deadline();
@@ -357,16 +409,25 @@ async fn drive(mut client: Box<Client>, socket: Socket, mut rx: mpsc::Receiver<C
                 let id = next_id;
                 next_id += 1;
                 cmd.frame["id"] = json!(id);
-                if let Some(reply) = cmd.reply.take() {
-                    pending.insert(id, reply);
+                let tracked = match (
+                    cmd.frame.pointer("/subscribe/channel"),
+                    cmd.frame.pointer("/unsubscribe/channel"),
+                ) {
+                    (Some(Value::String(c)), _) => Tracked::Subscribe(c.clone()),
+                    (_, Some(Value::String(c))) => Tracked::Unsubscribe(c.clone()),
+                    _ => Tracked::Other,
+                };
+                if recovery && matches!(tracked, Tracked::Subscribe(_)) {
+                    cmd.frame["subscribe"]["recoverable"] = Value::Bool(true);
                 }
+                state.pending.insert(id, (cmd.reply.take(), tracked));
                 let frame = cmd.frame.to_string();
                 client.handle_frame(frame.as_bytes(), Instant::now()).await
             }
             Event::Items => {
                 for item in batch.drain(..) {
                     for line in item.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                        handle_item(line, &socket, &mut pending);
+                        state.handle_item(line);
                     }
                 }
                 Ok(())
@@ -382,39 +443,114 @@ async fn drive(mut client: Box<Client>, socket: Socket, mut rx: mpsc::Receiver<C
                 poll_fn(|cx| Poll::Ready(out.poll_drain(cx, &mut rest, usize::MAX, false))).await;
             for item in rest {
                 for line in item.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    handle_item(line, &socket, &mut pending);
+                    state.handle_item(line);
                 }
             }
-            if socket.connected() {
-                socket.disconnect();
+            if state.socket.connected() {
+                state.socket.disconnect();
             }
             return;
         }
     }
 }
 
-/// One message of the hub session: a reply, a push, or a ping.
-fn handle_item(line: &[u8], socket: &Socket, pending: &mut HashMap<u64, oneshot::Sender<Value>>) {
-    let Ok(v) = serde_json::from_slice::<Value>(line) else {
-        return;
-    };
-    if let Some(id) = v.get("id").and_then(Value::as_u64) {
-        if let Some(tx) = pending.remove(&id) {
-            let _ = tx.send(v);
+/// What a command's reply changes besides answering it.
+enum Tracked {
+    Subscribe(String),
+    Unsubscribe(String),
+    Other,
+}
+
+/// The state of a socket's session task.
+struct DriveState {
+    socket: Socket,
+    pending: HashMap<u64, (Option<oneshot::Sender<Value>>, Tracked)>,
+    /// With recovery: the socket's rooms (channels) and the last position seen in each.
+    positions: BTreeMap<String, (u64, String)>,
+    recovery: bool,
+}
+
+/// The event that tells a recovering client where it is after a join or leave (its last
+/// argument is the offset; socket.io-client keeps the last string argument of every event).
+pub const OFFSET_EVENT: &str = "sb:offset";
+
+impl DriveState {
+    /// One message of the hub session: a reply, a push, or a ping.
+    fn handle_item(&mut self, line: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        if let Some(id) = v.get("id").and_then(Value::as_u64) {
+            if let Some((tx, tracked)) = self.pending.remove(&id) {
+                if self.recovery && v.get("error").is_none() {
+                    self.track(tracked, &v);
+                }
+                if let Some(tx) = tx {
+                    let _ = tx.send(v);
+                }
+            }
+            return;
         }
-        return;
+        let Some(push) = v.get("push") else {
+            return; // a ping: this transport needs no pong
+        };
+        if let Some(publication) = push.get("pub") {
+            let channel = push
+                .get("channel")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            self.publication(channel, publication);
+        } else if push.get("disconnect").is_some() {
+            self.socket.disconnect();
+        }
     }
-    let Some(push) = v.get("push") else {
-        return; // a ping: this transport needs no pong
-    };
-    if let Some(publication) = push.get("pub") {
-        let own = socket.extension("hub_client");
+
+    /// Records a room's position from a subscribe reply (and emits what it recovered).
+    fn track(&mut self, tracked: Tracked, reply: &Value) {
+        match tracked {
+            Tracked::Subscribe(channel) => {
+                let sub = reply.get("subscribe").cloned().unwrap_or(Value::Null);
+                let offset = sub.get("offset").and_then(Value::as_u64).unwrap_or(0);
+                let epoch = sub.get("epoch").and_then(Value::as_str).unwrap_or_default();
+                self.positions
+                    .insert(channel.clone(), (offset, epoch.to_owned()));
+                if let Some(Value::Array(pubs)) = sub.get("publications") {
+                    for p in pubs {
+                        self.publication(&channel, p);
+                    }
+                } else {
+                    self.emit_offset();
+                }
+            }
+            Tracked::Unsubscribe(channel) => {
+                self.positions.remove(&channel);
+                self.emit_offset();
+            }
+            Tracked::Other => {}
+        }
+    }
+
+    fn emit_offset(&self) {
+        let offset = encode_offset(&self.positions);
+        self.socket
+            .emit_payload(OFFSET_EVENT, Payload::json(vec![Value::String(offset)]));
+    }
+
+    /// Emits a publication of `channel` to the socket (not its own broadcasts).
+    fn publication(&mut self, channel: &str, publication: &Value) {
+        if let (Some(pos), Some(offset)) = (
+            self.positions.get_mut(channel),
+            publication.get("offset").and_then(Value::as_u64),
+        ) {
+            pos.0 = offset;
+        }
+        let own = self.socket.extension("hub_client");
         let from = publication.pointer("/info/client");
         if own.is_some() && from.is_some() && own.as_ref() == from {
             return;
         }
         let data = publication.get("data").cloned().unwrap_or(Value::Null);
-        let (event, args) = match (&data.get("event"), &data.get("args")) {
+        let (event, mut args) = match (&data.get("event"), &data.get("args")) {
             (Some(Value::String(e)), Some(Value::Array(a))) => (e.clone(), a.clone()),
             _ => ("message".to_owned(), vec![data.clone()]),
         };
@@ -428,15 +564,51 @@ fn handle_item(line: &[u8], socket: &Socket, pending: &mut HashMap<u64, oneshot:
             }
             _ => Vec::new(),
         };
-        socket.emit_payload(&event, Payload { args, bins });
-    } else if push.get("disconnect").is_some() {
-        socket.disconnect();
+        if self.recovery {
+            args.push(Value::String(encode_offset(&self.positions)));
+        }
+        self.socket.emit_payload(&event, Payload { args, bins });
     }
+}
+
+/// Longest offset string accepted from a client.
+const MAX_OFFSET_LEN: usize = 64 * 1024;
+
+/// The offset string: the socket's rooms (channels) with their positions, base64url JSON.
+fn encode_offset(positions: &BTreeMap<String, (u64, String)>) -> String {
+    use base64::Engine as _;
+    let list: Vec<Value> = positions
+        .iter()
+        .map(|(c, (o, e))| json!([c, o, e]))
+        .collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Value::Array(list).to_string())
+}
+
+/// Decodes an offset string (`None` when malformed or too long).
+fn decode_offset(s: &str) -> Option<BTreeMap<String, (u64, String)>> {
+    use base64::Engine as _;
+    if s.len() > MAX_OFFSET_LEN {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
+    let list: Vec<(String, u64, String)> = serde_json::from_slice(&bytes).ok()?;
+    Some(list.into_iter().map(|(c, o, e)| (c, (o, e))).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_round_trip_and_refuse_garbage() {
+        let mut p = BTreeMap::new();
+        p.insert("chat:a".to_owned(), (7, "ep".to_owned()));
+        assert_eq!(decode_offset(&encode_offset(&p)), Some(p));
+        assert_eq!(decode_offset("!!"), None);
+        assert_eq!(decode_offset(&"A".repeat(MAX_OFFSET_LEN + 1)), None);
+    }
 
     #[test]
     fn rooms_map_to_channels() {

@@ -82,7 +82,8 @@ impl Node {
     /// native clients and server API publications. Polling requests may reach any node.
     pub fn socketio(&self, io: &crate::socketio::SocketIo) -> axum::Router {
         let c = &self.config.socketio;
-        let bridge = switchboard_socketio::bridge::HubBridge::new(self.hub.clone());
+        let bridge = switchboard_socketio::bridge::HubBridge::new(self.hub.clone())
+            .with_recovery(c.recovery);
         bridge.attach(io);
         let engine = io.engine(
             switchboard_socketio::EngineConfig::default()

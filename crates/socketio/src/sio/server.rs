@@ -435,6 +435,10 @@ impl Connection {
         self.sockets.insert(nsp.clone(), socket.clone());
         let mut reply = serde_json::Map::new();
         reply.insert("sid".into(), Value::String(socket.id().to_owned()));
+        // With connection state recovery, the private session id the client sends back.
+        if let Some(pid) = socket.extension("pid") {
+            reply.insert("pid".into(), pid);
+        }
         socket.send_packet(&Packet::new(
             PacketType::Connect,
             &nsp,
