@@ -35,6 +35,7 @@ export async function launchChromium() {
 /** Scripts a test page may load by name: `/lib/<name>`. */
 const LIBRARIES = {
   'centrifuge.js': path.join(E2E, 'node_modules/centrifuge/dist/centrifuge.js'),
+  'socket.io.js': path.join(E2E, 'node_modules/socket.io-client/dist/socket.io.js'),
 };
 
 /**
