@@ -24,8 +24,8 @@ pub struct AppState {
 /// Builds the router with every route the server serves: `/` (the start page, when
 /// `demos.enabled`), `/connection/websocket`, the HTTP-streaming and SSE transports
 /// (`/connection/http_stream`, `/connection/sse`, `/emulation`), the unidirectional ones
-/// (`/connection/uni_sse`, `/connection/uni_http_stream`), `/health`, `/metrics`, the browser
-/// SDK (`/js/...`, see [`sdk`]) and `/api/...`.
+/// (`/connection/uni_sse`, `/connection/uni_http_stream`, `/connection/uni_websocket`),
+/// `/health`, `/metrics`, the browser SDK (`/js/...`, see [`sdk`]) and `/api/...`.
 pub fn router(state: AppState) -> Router {
     let transports = &state.config.transports;
     let mut router = Router::new();
@@ -59,6 +59,12 @@ pub fn router(state: AppState) -> Router {
         router = router.route(
             "/connection/uni_http_stream",
             post(transport::uni::uni_http_stream).options(preflight),
+        );
+    }
+    if transports.uni_websocket {
+        router = router.route(
+            "/connection/uni_websocket",
+            get(transport::uni_websocket::handler),
         );
     }
     if transports.emulation() {

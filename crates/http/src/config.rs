@@ -275,6 +275,9 @@ pub struct TransportsConfig {
     /// `POST /connection/uni_http_stream` (unidirectional). Default false (true in
     /// development mode).
     pub uni_http_stream: bool,
+    /// `GET /connection/uni_websocket` (unidirectional). Default false (true in development
+    /// mode).
+    pub uni_websocket: bool,
 }
 
 impl Default for TransportsConfig {
@@ -285,6 +288,7 @@ impl Default for TransportsConfig {
             sse: false,
             uni_sse: false,
             uni_http_stream: false,
+            uni_websocket: false,
         }
     }
 }
@@ -691,6 +695,7 @@ fn apply_development_defaults(table: &mut Table) {
         fill(transports, "sse", Value::Boolean(true));
         fill(transports, "uni_sse", Value::Boolean(true));
         fill(transports, "uni_http_stream", Value::Boolean(true));
+        fill(transports, "uni_websocket", Value::Boolean(true));
     }
     if let Some(channel) = section(table, "channel") {
         fill(channel, "allow_unknown_namespaces", Value::Boolean(true));

@@ -16,6 +16,8 @@ pub(crate) struct Namespaces {
     named: HashMap<String, NamespaceOptions>,
     allow_unknown: bool,
     max_length: usize,
+    /// Channels every client is subscribed to when it connects (`subscribe_on_connect`).
+    pub(crate) on_connect: Vec<String>,
 }
 
 impl Namespaces {
@@ -25,6 +27,7 @@ impl Namespaces {
             named: config.index(),
             allow_unknown: config.allow_unknown_namespaces,
             max_length: config.max_length,
+            on_connect: config.connect_channels(),
         }
     }
 

@@ -175,6 +175,18 @@ impl Default for ChannelConfig {
 }
 
 impl ChannelConfig {
+    /// Every channel of a namespace's `subscribe_on_connect`, with its namespace prefix.
+    pub(crate) fn connect_channels(&self) -> Vec<String> {
+        let sep = crate::channel::NAMESPACE_SEPARATOR;
+        let default = self.default.subscribe_on_connect.iter().cloned();
+        let named = self.namespaces.iter().flat_map(|ns| {
+            ns.subscribe_on_connect
+                .iter()
+                .map(move |name| format!("{}{sep}{name}", ns.name))
+        });
+        default.chain(named).collect()
+    }
+
     /// Index of namespaces by name, for lookups per command.
     pub(crate) fn index(&self) -> HashMap<String, NamespaceOptions> {
         self.namespaces
@@ -214,6 +226,17 @@ impl ChannelConfig {
             } else {
                 format!("channel.namespaces[{}]", i - 1)
             };
+            for (j, name) in ns.subscribe_on_connect.iter().enumerate() {
+                if name.is_empty()
+                    || name.contains(crate::channel::NAMESPACE_SEPARATOR)
+                    || name.chars().any(|c| c.is_control() || c.is_whitespace())
+                {
+                    problems.push(format!(
+                        "{path}.subscribe_on_connect[{j}]: {name:?} must be a channel name \
+                         without a namespace (no ':', no spaces)"
+                    ));
+                }
+            }
             if ns.history_size > 0 && ns.history_ttl.is_zero() {
                 problems.push(format!(
                     "{path}.history_ttl: must be set when history_size > 0"
@@ -295,6 +318,10 @@ pub struct NamespaceOptions {
     pub publish_proxy_endpoint: String,
     /// Sub-refresh proxy URL for this namespace; empty = `proxy.sub_refresh_endpoint`.
     pub sub_refresh_proxy_endpoint: String,
+    /// Channels of this namespace that every client is subscribed to by the server when it
+    /// connects (server-side subscriptions, as with a token's `channels` claim), named without
+    /// the namespace: `["global"]` in namespace `news` is `news:global`. Default empty.
+    pub subscribe_on_connect: Vec<String>,
 }
 
 impl Default for NamespaceOptions {
@@ -328,6 +355,7 @@ impl Default for NamespaceOptions {
             subscribe_proxy_endpoint: String::new(),
             publish_proxy_endpoint: String::new(),
             sub_refresh_proxy_endpoint: String::new(),
+            subscribe_on_connect: Vec::new(),
         }
     }
 }

@@ -523,7 +523,7 @@ impl Hub {
             return Err(DisconnectCode::CONNECTION_LIMIT);
         }
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-        self.inner.metrics.connection_opened();
+        self.inner.metrics.connection_opened(transport.name);
         let client = Client::new(self.clone(), key, transport);
         self.inner
             .pending

@@ -60,7 +60,7 @@ pub use config::{ChannelConfig, ClientConfig, HubConfig, NamespaceOptions, Perso
 pub use handlers::Handlers;
 pub use hub::{Hub, NodeInfo, NodeStats, PublishParams, TransportInfo};
 pub use memory::{MemoryBroker, DEFAULT_META_TTL};
-pub use metrics::Metrics;
+pub use metrics::{Metrics, TransportMetrics, TRANSPORTS};
 pub use outbound::{Control, Drained, Outbound, PushOutcome};
 pub use proxy::{Proxy, ProxyConfig, ProxyError, ProxyKind};
 pub use session::{

@@ -26,9 +26,46 @@ pub(crate) const METHODS: [&str; 13] = [
     "pong",
 ];
 
+/// Transports counted apart in the `switchboard_transport_*` families; any other name counts
+/// as `other`.
+pub const TRANSPORTS: [&str; 7] = [
+    "websocket",
+    "http_stream",
+    "sse",
+    "uni_websocket",
+    "uni_http_stream",
+    "uni_sse",
+    "other",
+];
+
+/// What one transport carried: its connections and the messages it read and wrote.
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    connections: AtomicI64,
+    accepted: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl TransportMetrics {
+    /// Counts `messages` (replies and pushes) of `bytes` bytes written to clients; the
+    /// transports call it once per write.
+    pub fn written(&self, messages: u64, bytes: u64) {
+        self.messages_out.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Current number of connections over this transport.
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
 /// Node metrics. See the module docs.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    transports: [TransportMetrics; TRANSPORTS.len()],
     connections: AtomicI64,
     subscriptions: AtomicI64,
     channels: AtomicI64,
@@ -48,12 +85,35 @@ fn inc(a: &AtomicU64) {
 }
 
 impl Metrics {
-    pub(crate) fn connection_opened(&self) {
+    /// The counters of the transport called `name` (`websocket`, `http_stream`, ...; see
+    /// [`TRANSPORTS`]).
+    pub fn transport(&self, name: &str) -> &TransportMetrics {
+        let i = TRANSPORTS
+            .iter()
+            .position(|t| *t == name)
+            .unwrap_or(TRANSPORTS.len() - 1);
+        &self.transports[i]
+    }
+    pub(crate) fn connection_opened(&self, transport: &str) {
         self.connections.fetch_add(1, Ordering::Relaxed);
         inc(&self.connections_accepted);
+        let t = self.transport(transport);
+        t.connections.fetch_add(1, Ordering::Relaxed);
+        inc(&t.accepted);
     }
-    pub(crate) fn connection_closed(&self) {
+    pub(crate) fn connection_closed(&self, transport: &str) {
         self.connections.fetch_sub(1, Ordering::Relaxed);
+        self.transport(transport)
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Counts commands received over `transport`, `n` at a time (besides
+    /// [`Metrics::messages_in`]).
+    pub(crate) fn transport_messages_in(&self, transport: &str, n: u64) {
+        self.messages_in(n);
+        self.transport(transport)
+            .messages_in
+            .fetch_add(n, Ordering::Relaxed);
     }
     pub(crate) fn subscriptions_changed(&self, delta: i64) {
         self.subscriptions.fetch_add(delta, Ordering::Relaxed);
@@ -216,6 +276,55 @@ impl Metrics {
             "Connections closed because their outbound queue overflowed.",
             self.disconnects_with(DisconnectCode::SLOW),
         );
+        self.render_transports(out);
+    }
+
+    /// The `switchboard_transport_*` families, one series per transport.
+    fn render_transports(&self, out: &mut String) {
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&TransportMetrics) -> i64,
+        );
+        let families: [Family; 5] = [
+            (
+                "switchboard_transport_connections",
+                "Open client connections by transport.",
+                "gauge",
+                |t| t.connections(),
+            ),
+            (
+                "switchboard_transport_connections_accepted_total",
+                "Connections accepted by transport.",
+                "counter",
+                |t| t.accepted.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "switchboard_transport_messages_in_total",
+                "Protocol messages (commands) received by transport.",
+                "counter",
+                |t| t.messages_in.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "switchboard_transport_messages_out_total",
+                "Protocol messages (replies and pushes) written by transport.",
+                "counter",
+                |t| t.messages_out.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "switchboard_transport_bytes_out_total",
+                "Message bytes written by transport (before framing).",
+                "counter",
+                |t| t.bytes_out.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, help, kind, value) in families {
+            header(out, name, help, kind);
+            for (t, m) in TRANSPORTS.iter().zip(&self.transports) {
+                let _ = writeln!(out, "{name}{{transport=\"{t}\"}} {}", value(m));
+            }
+        }
     }
 }
 
@@ -251,5 +360,32 @@ mod tests {
         );
         assert!(s.contains("switchboard_slow_disconnects_total 1"));
         assert!(s.contains("# TYPE switchboard_connections gauge"));
+    }
+
+    #[test]
+    fn transports_are_counted_apart() {
+        let m = Metrics::default();
+        m.connection_opened("sse");
+        m.connection_opened("sse");
+        m.connection_opened("websocket");
+        m.connection_closed("sse");
+        m.connection_opened("carrier-pigeon");
+        m.transport_messages_in("sse", 3);
+        m.transport("sse").written(2, 40);
+        let mut s = String::new();
+        m.render_prometheus(&mut s);
+        for line in [
+            "switchboard_transport_connections{transport=\"sse\"} 1",
+            "switchboard_transport_connections{transport=\"websocket\"} 1",
+            "switchboard_transport_connections{transport=\"other\"} 1",
+            "switchboard_transport_connections_accepted_total{transport=\"sse\"} 2",
+            "switchboard_transport_messages_in_total{transport=\"sse\"} 3",
+            "switchboard_transport_messages_out_total{transport=\"sse\"} 2",
+            "switchboard_transport_bytes_out_total{transport=\"sse\"} 40",
+            "switchboard_connections 3",
+            "switchboard_messages_in_total 3",
+        ] {
+            assert!(s.contains(line), "{line} missing in\n{s}");
+        }
     }
 }

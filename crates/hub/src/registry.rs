@@ -143,13 +143,15 @@ impl Gate {
         Some(outcome)
     }
 
-    /// Queues `reply`, then the held messages except publications at or below `delivered`
-    /// (already in the reply), and opens the gate. For a positioned subscriber, `delivered`
-    /// becomes its position, and held publications must follow it: at the first that does
-    /// not, the rest are dropped and the subscriber is told to resubscribe (on `channel`).
+    /// Queues `reply` (if any: the connect reply that carries several server-side
+    /// subscriptions is queued before their gates open), then the held messages except
+    /// publications at or below `delivered` (already in the reply), and opens the gate. For a
+    /// positioned subscriber, `delivered` becomes its position, and held publications must
+    /// follow it: at the first that does not, the rest are dropped and the subscriber is told
+    /// to resubscribe (on `channel`).
     pub(crate) fn open(
         &self,
-        reply: Bytes,
+        reply: Option<Bytes>,
         delivered: u64,
         positioned: bool,
         channel: &str,
@@ -160,7 +162,10 @@ impl Gate {
         if positioned {
             self.track.position.store(delivered, Ordering::Relaxed);
         }
-        let mut outcome = self.out.push(reply);
+        let mut outcome = match reply {
+            Some(reply) => self.out.push(reply),
+            None => PushOutcome::Queued,
+        };
         for (offset, message) in messages {
             if offset == 0 {
                 outcome = self.out.push(message);
@@ -476,7 +481,7 @@ mod tests {
     /// Opens `gate` with a reply at `delivered` and takes the reply off the queue.
     fn open(out: &Outbound, gate: &Gate, channel: &str, delivered: u64) {
         let reply = Bytes::from_static(b"{\"id\":1,\"subscribe\":{}}");
-        let _ = gate.open(reply, delivered, true, channel);
+        let _ = gate.open(Some(reply), delivered, true, channel);
         let mut cx = Context::from_waker(Waker::noop());
         let _ = out.poll_drain(&mut cx, &mut Vec::new(), 1, false);
     }

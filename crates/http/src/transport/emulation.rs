@@ -347,6 +347,7 @@ async fn run(
     format: Format,
 ) {
     let out = client.outbound().clone();
+    let metrics = hub.metrics().transport(format.transport().name);
     let mut body = PollSender::new(body);
     let mut batch: Vec<Bytes> = Vec::new();
     let mut deadline = client.next_deadline();
@@ -368,6 +369,10 @@ async fn run(
         .await;
         match event {
             Event::Write => {
+                metrics.written(
+                    batch.len() as u64,
+                    crate::transport::websocket::batch_bytes(&batch),
+                );
                 let mut chunk = BytesMut::new();
                 for message in batch.drain(..) {
                     format.frame(&message, &mut chunk);

@@ -5,5 +5,6 @@
 
 pub mod emulation;
 pub mod uni;
+pub mod uni_websocket;
 pub mod websocket;
 mod work;

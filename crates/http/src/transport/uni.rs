@@ -34,7 +34,7 @@ use crate::transport::emulation::{open, Format};
 #[derive(Debug, serde::Deserialize)]
 pub struct UniQuery {
     /// The connect request (JSON object).
-    cf_connect: Option<String>,
+    pub(crate) cf_connect: Option<String>,
 }
 
 /// `GET /connection/uni_sse?cf_connect=...`.
@@ -72,23 +72,29 @@ fn start(state: AppState, headers: &HeaderMap, request: &[u8], format: Format) -
     if request.len() > state.hub.config().client.max_message_size {
         return (StatusCode::PAYLOAD_TOO_LARGE, "connect request too large\n").into_response();
     }
-    let is_object = serde_json::from_slice::<&RawValue>(request)
-        .is_ok_and(|raw| raw.get().trim_start().starts_with('{'));
-    if !is_object {
+    let Some(command) = connect_command(request) else {
         return (
             StatusCode::BAD_REQUEST,
             "the connect request must be a JSON object\n",
         )
             .into_response();
+    };
+    crate::transport::emulation::with_cors(headers, open(state, headers, command, format))
+}
+
+/// The `connect` command (id 1) for a unidirectional client's connect request; `None` when the
+/// request is not a JSON object.
+pub(crate) fn connect_command(request: &[u8]) -> Option<Bytes> {
+    let is_object = serde_json::from_slice::<&RawValue>(request)
+        .is_ok_and(|raw| raw.get().trim_start().starts_with('{'));
+    if !is_object {
+        return None;
     }
     let mut command = Vec::with_capacity(request.len() + 24);
     command.extend_from_slice(b"{\"id\":1,\"connect\":");
     command.extend_from_slice(request);
     command.push(b'}');
-    crate::transport::emulation::with_cors(
-        headers,
-        open(state, headers, Bytes::from(command), format),
-    )
+    Some(Bytes::from(command))
 }
 
 /// The message a unidirectional stream carries for `message` (a reply or push of the

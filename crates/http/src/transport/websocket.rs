@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
-use switchboard_hub::{Client, Drained, Hub, TransportInfo};
+use switchboard_hub::{Client, Drained, Hub, TransportInfo, TransportMetrics};
 use switchboard_proto::DisconnectCode;
 use switchboard_ws::{validate_upgrade, Message, Role, WsConfig, WsSocket};
 
@@ -194,7 +194,8 @@ async fn run<IO>(
             return;
         }
     };
-    let (ending, session) = drive(&mut socket, client).await;
+    let (ending, session) =
+        drive(&mut socket, client, hub.metrics().transport(TRANSPORT.name)).await;
     // Dropping the session (or the work holding it) unsubscribes and unregisters the client
     // before the close handshake, which may take up to the close timeout.
     drop(session);
@@ -235,7 +236,11 @@ impl From<DisconnectCode> for Ending {
 /// proxy), the queue keeps being written: publications, replies and pushes flow. Nothing more is
 /// read meanwhile (TCP pushes back on the client), and timers that fall due run as soon as the
 /// session is idle again, after the frames already read.
-async fn drive<IO>(socket: &mut WsSocket<IO>, client: Box<Client>) -> (Ending, Session)
+async fn drive<IO>(
+    socket: &mut WsSocket<IO>,
+    client: Box<Client>,
+    metrics: &TransportMetrics,
+) -> (Ending, Session)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -349,6 +354,7 @@ where
                 timer.as_mut().reset(deadline.min(until).into());
             }
             Event::Outbound => {
+                metrics.written(batch.len() as u64, batch_bytes(&batch));
                 socket.queue_text_batch(&batch, Some(b'\n'));
                 release(&mut batch);
                 if !write_delay.is_zero() {
@@ -428,6 +434,11 @@ where
             _ => return,
         }
     }
+}
+
+/// Bytes of the messages in `batch`.
+pub(crate) fn batch_bytes(batch: &[Bytes]) -> u64 {
+    batch.iter().map(|m| m.len() as u64).sum()
 }
 
 /// Empties `batch`, giving back its memory when it grew beyond what an idle connection needs.

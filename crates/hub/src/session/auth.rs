@@ -198,13 +198,20 @@ impl Client {
                 .subscribe_to_user_personal_channel
                 .channel_for(&self.user),
         );
+        channels.extend(hub.inner.namespaces.on_connect.iter().cloned());
+        let mut opening = Vec::new();
         for channel in channels {
-            match self.server_side_subscribe(&channel, None).await {
-                Ok(_) => {
-                    result.subs.insert(channel, SubscribeResult::default());
+            match self
+                .connect_subscribe(&channel, req.subs.get(&channel))
+                .await
+            {
+                Ok(Some(mut sub)) => {
+                    result.subs.insert(channel, std::mem::take(&mut sub.result));
+                    opening.push(sub);
                 }
+                Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(client = %self.id, %channel, error = %e, "server-side subscription failed")
+                    tracing::warn!(client = %self.id, %channel, error = ?e, "server-side subscription failed")
                 }
             }
         }
@@ -213,6 +220,9 @@ impl Client {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         self.push(encode_reply(id, &ReplyResult::Connect(result)))?;
+        for sub in opening {
+            sub.open(self)?;
+        }
         Ok(())
     }
 

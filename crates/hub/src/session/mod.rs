@@ -68,6 +68,9 @@ struct Subscription {
     presence: bool,
     /// The namespace announces joins and leaves.
     announce: bool,
+    /// Made by the server (token `channels`, connect proxy or handler, server API): the client
+    /// cannot resubscribe by itself.
+    server_side: bool,
 }
 
 /// Token bucket for the command rate limit.
@@ -307,7 +310,9 @@ impl Client {
             tracing::debug!(client = %self.id, error = %e, "malformed frame");
             DisconnectCode::BAD_REQUEST
         })?;
-        self.hub.metrics().messages_in(commands.len() as u64);
+        self.hub
+            .metrics()
+            .transport_messages_in(self.transport.name, commands.len() as u64);
         for command in commands {
             if let Err(code) = self.handle_command(command, now).await {
                 self.ending = Some(code);
@@ -456,7 +461,10 @@ impl Drop for Client {
             .map(|c| c.to_string())
             .collect();
         self.hub.unregister_client(self.key);
-        self.hub.inner.metrics.connection_closed();
+        self.hub
+            .inner
+            .metrics
+            .connection_closed(self.transport.name);
         self.hub.spawn_broker_unsubscribe(emptied);
         let leaving: Vec<(String, ClientInfo, bool, bool)> = std::mem::take(&mut self.subs)
             .into_iter()

@@ -128,7 +128,7 @@ impl Client {
         self.announce_join(&req.channel).await;
         let reply = encode_reply(id, &ReplyResult::Subscribe(result));
         self.hub.metrics().messages_out(1, reply.len() as u64);
-        let outcome = gate.open(reply, delivered, positioned, &req.channel);
+        let outcome = gate.open(Some(reply), delivered, positioned, &req.channel);
         self.hub.inner.registry.ungate(&req.channel, self.key);
         if outcome == PushOutcome::Overflow {
             return Err(DisconnectCode::SLOW.into());
@@ -336,6 +336,7 @@ impl Client {
             info,
             presence: options.presence,
             announce: options.join_leave || options.force_push_join_leave,
+            server_side: true,
             ..Subscription::default()
         };
         let subscriber = Subscriber {
@@ -349,5 +350,98 @@ impl Client {
         self.announce_join(channel).await;
         self.notify_subscription(HandlerKind::Subscribed, channel);
         Ok(true)
+    }
+
+    /// A server-side subscription made while connecting (the token's `channels`, the connect
+    /// proxy's or handler's, the personal channel, the namespaces' `subscribe_on_connect`).
+    /// In a namespace with history it is positioned, and its result carries the stream
+    /// position; when the connect request's `subs` asks to recover the channel (`recover`,
+    /// `offset`, `epoch`, as the SDKs and unidirectional clients send on reconnect), also the
+    /// missed publications, or `recovered: false`. Publications wait in the returned gate until
+    /// the connect reply is queued ([`ConnectSub::open`]). `None` when already subscribed.
+    pub(super) async fn connect_subscribe(
+        &mut self,
+        channel: &str,
+        request: Option<&SubscribeRequest>,
+    ) -> Result<Option<ConnectSub>, Refusal> {
+        let options = self.namespace(channel)?;
+        if self.subs.contains_key(channel) {
+            return Ok(None);
+        }
+        if self.subs.len() >= self.hub.config().client.max_channels {
+            return Err(ErrorCode::LIMIT_EXCEEDED.into());
+        }
+        let history = options.history_size > 0 && !options.history_ttl.is_zero();
+        let sub = Subscription {
+            presence: options.presence,
+            announce: options.join_leave || options.force_push_join_leave,
+            server_side: true,
+            ..Subscription::default()
+        };
+        let track = Arc::new(Track::default());
+        let gate = Gate::closed(self.out.clone(), track.clone());
+        let subscriber = Subscriber {
+            out: self.out.clone(),
+            join_leave: options.force_push_join_leave,
+            positioned: history,
+            gate: Some(gate.clone()),
+            track,
+        };
+        self.join_channel(channel, sub, subscriber).await?;
+        let mut result = SubscribeResult::default();
+        let mut delivered = 0;
+        if history {
+            // Only the position fields of the client's request count here.
+            let mut req = SubscribeRequest::default();
+            req.channel = channel.to_string();
+            if let Some(r) = request {
+                req.recover = r.recover;
+                req.offset = r.offset;
+                req.epoch.clone_from(&r.epoch);
+            }
+            match self.stream_position(&req, &options, &mut result).await {
+                Ok(top) => delivered = top,
+                Err(refusal) => {
+                    self.leave_channel(channel, false).await;
+                    return Err(refusal);
+                }
+            }
+            result.recoverable = true;
+            result.positioned = true;
+        }
+        self.announce_join(channel).await;
+        Ok(Some(ConnectSub {
+            channel: channel.to_string(),
+            result,
+            gate,
+            delivered,
+            positioned: history,
+        }))
+    }
+}
+
+/// A server-side subscription being made while connecting: its result goes into the connect
+/// reply, and its gate opens once that reply is queued.
+pub(super) struct ConnectSub {
+    pub(super) channel: String,
+    pub(super) result: SubscribeResult,
+    gate: Arc<Gate>,
+    delivered: u64,
+    positioned: bool,
+}
+
+impl ConnectSub {
+    /// Lets the publications held since the subscription was made through (those not already
+    /// in the connect reply), and tells the handlers. Call after the connect reply is queued.
+    pub(super) fn open(self, client: &Client) -> Result<(), DisconnectCode> {
+        let outcome = self
+            .gate
+            .open(None, self.delivered, self.positioned, &self.channel);
+        client.hub.inner.registry.ungate(&self.channel, client.key);
+        if outcome == PushOutcome::Overflow {
+            return Err(DisconnectCode::SLOW);
+        }
+        client.notify_subscription(HandlerKind::Subscribed, &self.channel);
+        Ok(())
     }
 }

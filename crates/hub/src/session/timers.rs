@@ -39,6 +39,15 @@ impl Client {
                 }
                 Control::Refresh { expire_at } => self.expires_at = expire_at,
                 Control::InsufficientState { channel } => {
+                    // A server-side subscription cannot be renewed by the client: it
+                    // reconnects (3010) and recovers with the positions it has.
+                    if self
+                        .subs
+                        .get(channel.as_str())
+                        .is_some_and(|s| s.server_side)
+                    {
+                        return Err(DisconnectCode::INSUFFICIENT_STATE);
+                    }
                     if self.leave_channel(&channel, true).await {
                         self.push(encode_unsubscribe_push(
                             &channel,
