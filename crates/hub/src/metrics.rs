@@ -28,13 +28,14 @@ pub(crate) const METHODS: [&str; 13] = [
 
 /// Transports counted apart in the `switchboard_transport_*` families; any other name counts
 /// as `other`.
-pub const TRANSPORTS: [&str; 7] = [
+pub const TRANSPORTS: [&str; 8] = [
     "websocket",
     "http_stream",
     "sse",
     "uni_websocket",
     "uni_http_stream",
     "uni_sse",
+    "socketio",
     "other",
 ];
 
