@@ -191,6 +191,8 @@ pub struct Namespace {
     pub(crate) handlers: Handlers,
     pub(crate) sockets: RwLock<HashMap<Arc<str>, Socket>>,
     pub(crate) rooms: RwLock<HashMap<String, HashSet<Arc<str>>>>,
+    /// Created on demand for a dynamic pattern (and forgotten when empty).
+    pub(crate) dynamic: bool,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -208,6 +210,7 @@ impl Namespace {
             handlers,
             sockets: RwLock::default(),
             rooms: RwLock::default(),
+            dynamic: false,
         })
     }
 

@@ -26,6 +26,9 @@ pub struct SioConfig {
     pub connect_timeout: Duration,
     /// Most binary attachments one packet may announce (default 64).
     pub max_attachments: usize,
+    /// Most dynamic namespaces that exist at once (they exist while they have sockets; a
+    /// CONNECT to a new one beyond the limit gets "Invalid namespace"; default 10 000).
+    pub max_dynamic_namespaces: usize,
 }
 
 impl Default for SioConfig {
@@ -33,6 +36,7 @@ impl Default for SioConfig {
         Self {
             connect_timeout: Duration::from_secs(45),
             max_attachments: 64,
+            max_dynamic_namespaces: 10_000,
         }
     }
 }
@@ -183,11 +187,31 @@ impl SocketIo {
             .find(|(m, _)| m(name))
             .map(|(_, h)| h.clone())?;
         let mut all = self.inner.namespaces.write();
-        Some(
-            all.entry(name.to_owned())
-                .or_insert_with(|| Namespace::new(name, handlers))
-                .clone(),
-        )
+        if let Some(ns) = all.get(name) {
+            return Some(ns.clone());
+        }
+        // Dynamic namespaces live while they have sockets ([`SocketIo::prune`]); their number
+        // is bounded, so clients cannot grow the map without limit.
+        let dynamic = all.values().filter(|ns| ns.dynamic).count();
+        if dynamic >= self.inner.config.max_dynamic_namespaces {
+            tracing::debug!(namespace = name, "socket.io: too many dynamic namespaces");
+            return None;
+        }
+        let mut ns = Namespace::new(name, handlers);
+        Arc::get_mut(&mut ns).expect("new namespace").dynamic = true;
+        all.insert(name.to_owned(), ns.clone());
+        Some(ns)
+    }
+
+    /// Forgets dynamic namespace `name` once it has no sockets left.
+    fn prune(&self, name: &str) {
+        let mut all = self.inner.namespaces.write();
+        if all
+            .get(name)
+            .is_some_and(|ns| ns.dynamic && ns.sockets.read().is_empty())
+        {
+            all.remove(name);
+        }
     }
 }
 
@@ -287,8 +311,9 @@ async fn run_connection(io: SocketIo, engine: EngineSocket, mut incoming: mpsc::
         Some(CloseReason::ProtocolError) => "parse error",
         _ => "transport close",
     };
-    for (_, socket) in conn.sockets.drain() {
+    for (name, socket) in conn.sockets.drain() {
         socket.cleanup(reason);
+        conn.io.prune(&name);
     }
 }
 
@@ -330,6 +355,7 @@ impl Connection {
             PacketType::Disconnect => {
                 if let Some(s) = self.sockets.remove(&packet.nsp) {
                     s.cleanup("client namespace disconnect");
+                    self.io.prune(&packet.nsp);
                 }
             }
             PacketType::Event | PacketType::BinaryEvent => {
@@ -451,5 +477,33 @@ impl Connection {
         if let Some(h) = &ns.handlers.connection {
             h(socket, auth);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_namespaces_are_bounded_and_pruned_when_empty() {
+        let mut config = SioConfig::default();
+        config.max_dynamic_namespaces = 3;
+        let io = SocketIo::new(config);
+        io.ns("/", |_| {});
+        io.dynamic_ns(|name| name.starts_with("/room-"), |_| {});
+        assert!(io.find_ns("/").is_some());
+        assert!(io.find_ns("/other").is_none());
+        for i in 0..3 {
+            assert!(io.find_ns(&format!("/room-{i}")).is_some());
+        }
+        // The same name again is the same namespace, a fourth one is refused.
+        assert!(io.find_ns("/room-1").is_some());
+        assert!(io.find_ns("/room-3").is_none());
+        // Empty dynamic namespaces are forgotten; static ones stay.
+        io.prune("/room-0");
+        io.prune("/");
+        assert!(io.of("/room-0").is_none());
+        assert!(io.of("/").is_some());
+        assert!(io.find_ns("/room-3").is_some());
     }
 }
