@@ -16,6 +16,10 @@ use super::config::EngineConfig;
 use super::packet::{decode_payload, encode_payload, Packet, WsFrame};
 use super::session::{CloseReason, Data, EngineSocket, Registry, Session, Transport};
 
+/// Most bytes of packets in the answer to a poll forwarded from another node (the rest waits
+/// for the next poll): the answer crosses the broker, whose messages are limited (NATS: 1 MiB).
+pub const FORWARDED_POLL_BYTES: usize = 256 * 1024;
+
 /// Most packets accepted in one polling payload.
 pub const MAX_PACKETS_PER_PAYLOAD: usize = 4096;
 
@@ -178,7 +182,8 @@ impl Engine {
             }
             None => error(ErrorCode::UnknownSid),
             Some(s) if req.post => self.post_bytes(s, req.body.into()).await,
-            Some(s) => poll(s).await,
+            // Forwarded answers travel over the broker's control channel: keep them small.
+            Some(s) => poll(s, FORWARDED_POLL_BYTES).await,
         };
         let status = resp.status().as_u16();
         let content_type = resp
@@ -301,7 +306,7 @@ impl Engine {
         match (session, req.method().clone()) {
             (None, Method::GET) => self.open_polling(),
             (None, _) => error(ErrorCode::BadHandshakeMethod),
-            (Some(s), Method::GET) => poll(s).await,
+            (Some(s), Method::GET) => poll(s, self.inner.config.max_payload).await,
             (Some(s), Method::POST) => self.post(s, req).await,
             (Some(_), _) => error(ErrorCode::BadRequest),
         }
@@ -568,8 +573,9 @@ impl Drop for PollGuard<'_> {
     }
 }
 
-/// A long-polling GET: answers with what is queued, or waits for something.
-async fn poll(session: Arc<Session>) -> Response {
+/// A long-polling GET: answers with what is queued (up to about `max_bytes`), or waits for
+/// something.
+async fn poll(session: Arc<Session>, max_bytes: usize) -> Response {
     {
         let mut st = session.state.lock();
         if st.transport == Transport::WebSocket {
@@ -611,7 +617,7 @@ async fn poll(session: Arc<Session>) -> Response {
                 Transport::Polling => {}
             }
             if !st.outbox.is_empty() {
-                let packets = session.drain(&mut st);
+                let packets = session.drain_up_to(&mut st, max_bytes);
                 return text_response(encode_payload(&packets));
             }
         }

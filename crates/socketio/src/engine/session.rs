@@ -262,6 +262,27 @@ impl Session {
         std::mem::take(&mut st.outbox).into()
     }
 
+    /// Takes queued packets up to about `max_bytes` (at least one; the rest waits for the next
+    /// poll).
+    pub(crate) fn drain_up_to(&self, st: &mut State, max_bytes: usize) -> Vec<Packet> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(p) = st.outbox.front() {
+            let len = p.wire_len() + 1;
+            if !out.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            st.outbox_bytes = st.outbox_bytes.saturating_sub(p.wire_len());
+            out.push(st.outbox.pop_front().expect("front exists"));
+        }
+        if st.outbox.is_empty() {
+            st.outbox_bytes = 0;
+            st.outbox = VecDeque::new();
+        }
+        out
+    }
+
     /// Closes the session (idempotent): unregisters it, ends the application's incoming
     /// stream and wakes the transports.
     ///
@@ -408,5 +429,45 @@ impl EngineSocket {
     /// The current transport.
     pub fn transport(&self) -> Transport {
         self.session.state.lock().transport
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn polls_take_at_most_their_share_and_the_rest_waits() {
+        let registry = Arc::new(Registry::default());
+        let (session, _rx) = registry.create(Transport::Polling, &EngineConfig::default(), None);
+        session.push((0..10).map(|i| Packet::Message(format!("{i:09}"))));
+        let mut st = session.state.lock();
+        // Each packet is 11 bytes in a payload (type, 9 characters, separator).
+        let first = session.drain_up_to(&mut st, 35);
+        assert_eq!(first.len(), 3);
+        assert_eq!(first[0], Packet::Message("000000000".into()));
+        let one = session.drain_up_to(&mut st, 1);
+        assert_eq!(one.len(), 1, "at least one packet per poll");
+        let rest = session.drain_up_to(&mut st, usize::MAX);
+        assert_eq!(rest.len(), 6);
+        assert_eq!(st.outbox_bytes, 0);
+        drop(st);
+        session.close(CloseReason::ServerClose);
+        assert!(registry.get(&session.sid).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_closed_past_the_buffer_limit() {
+        let registry = Arc::new(Registry::default());
+        let mut config = EngineConfig::default();
+        config.max_buffered = 100;
+        let (session, _rx) = registry.create(Transport::Polling, &config, Some("node".into()));
+        assert!(session.sid.ends_with(".node"));
+        assert!(session.push(std::iter::once(Packet::Message("x".repeat(50)))));
+        assert!(!session.push(std::iter::once(Packet::Message("x".repeat(60)))));
+        assert_eq!(
+            session.state.lock().closed,
+            Some(CloseReason::TransportError)
+        );
     }
 }
