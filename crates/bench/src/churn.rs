@@ -40,6 +40,10 @@ struct Totals {
 
 pub(crate) fn run(a: &ChurnArgs) -> anyhow::Result<()> {
     crate::check_fd_limit(a.concurrency * 2 + 16)?;
+    anyhow::ensure!(
+        a.common.transport == crate::http::Transport::Websocket,
+        "churn: only --transport websocket"
+    );
     let ep = Rc::new(a.common.endpoint()?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -120,6 +124,7 @@ pub(crate) fn run(a: &ChurnArgs) -> anyhow::Result<()> {
     let line = json!({
         "scenario": "churn",
         "target": a.common.target,
+        "transport": a.common.transport,
         "label": a.common.label,
         "concurrency": a.concurrency,
         "duration_s": elapsed,

@@ -21,6 +21,8 @@ use bytes::Bytes;
 use clap::ValueEnum;
 use memchr::memmem;
 use switchboard_ws::{ClientHandshake, Message, WsConfig, WsSocket};
+
+use crate::http::{HttpSub, Transport};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -48,6 +50,15 @@ pub(crate) struct Endpoint {
     pub(crate) path: String,
     /// Source addresses to spread connections over (empty: let the kernel choose).
     pub(crate) sources: Vec<IpAddr>,
+    /// How subscribers connect (`switchboard` target: WebSocket or an HTTP transport);
+    /// publishers always use WebSocket.
+    pub(crate) transport: Transport,
+}
+
+/// A subscriber connection of either kind.
+pub(crate) enum Sub {
+    Ws(Ws),
+    Http(HttpSub),
 }
 
 impl Endpoint {
@@ -92,6 +103,7 @@ impl Endpoint {
             host: host.to_owned(),
             path: path.to_owned(),
             sources,
+            transport: Transport::Websocket,
         })
     }
 
@@ -130,6 +142,14 @@ impl Endpoint {
             Target::Socketio => socketio_open(&mut ws).await?,
         }
         Ok(ws)
+    }
+
+    /// A subscriber of `channel` over this endpoint's transport.
+    pub(crate) async fn any_subscriber(&self, index: usize, channel: &str) -> anyhow::Result<Sub> {
+        match self.transport {
+            Transport::Websocket => Ok(Sub::Ws(self.subscriber(index, channel).await?)),
+            t => Ok(Sub::Http(HttpSub::open(self, index, channel, t).await?)),
+        }
     }
 
     /// Opens a connection for publishing (connected, not subscribed).

@@ -364,6 +364,7 @@ fn report(a: &IdleArgs, s: Summary) {
     let line = json!({
         "scenario": "idle",
         "target": a.common.target,
+        "transport": a.common.transport,
         "label": a.common.label,
         "connections": a.connections,
         "connected": s.connected,

@@ -21,6 +21,7 @@
 
 mod churn;
 mod conn;
+mod http;
 mod idle;
 mod pool;
 mod publisher;
@@ -72,6 +73,11 @@ pub(crate) struct Common {
     /// Which protocol the server speaks.
     #[arg(long, value_enum, default_value = "switchboard")]
     target: Target,
+    /// How subscribers connect to a `switchboard` target (fanout, channels, idle): WebSocket,
+    /// or an HTTP transport with bidirectional emulation (`http_stream`, `sse`). The
+    /// publisher always uses WebSocket.
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: http::Transport,
     /// Server URL; the path defaults per target (/connection/websocket, /, /socket.io/...).
     /// `idle --processes P` takes a comma-separated list: child i connects to URL i mod the
     /// list's length (subscribers spread over several nodes).
@@ -117,7 +123,15 @@ impl Common {
 
     /// An endpoint for one of the `--url` values.
     pub(crate) fn endpoint_at(&self, url: &str) -> anyhow::Result<Endpoint> {
-        Endpoint::new(self.target, url, self.source_addrs, self.source_base)
+        if self.transport != http::Transport::Websocket && self.target != Target::Switchboard {
+            anyhow::bail!(
+                "--transport {} needs --target switchboard",
+                self.transport.name()
+            );
+        }
+        let mut ep = Endpoint::new(self.target, url, self.source_addrs, self.source_base)?;
+        ep.transport = self.transport;
+        Ok(ep)
     }
 
     /// The command line of child `i` of `processes` in a multi-process run of `scenario`:
@@ -147,6 +161,7 @@ impl Common {
             .args([count_flag, &n.to_string()])
             .args(["--channel", channel])
             .args(["--target", target_name(self.target)])
+            .args(["--transport", self.transport.name()])
             .args(["--url", urls[i % urls.len()]])
             .args(["--source-addrs", &self.source_addrs.max(1).to_string()])
             .args(["--source-base", &base.to_string()])
@@ -460,6 +475,7 @@ fn publish_scenario(
     let line = json!({
         "scenario": name,
         "target": common.target,
+        "transport": common.transport,
         "label": common.label,
         "subscribers": layout.subscribers,
         "channels": layout.channels,

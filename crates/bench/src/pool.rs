@@ -13,7 +13,8 @@ use hdrhistogram::Histogram;
 use switchboard_ws::Message;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::conn::{self, Endpoint, Scan, Stamp, Ws};
+use crate::conn::{self, Endpoint, Scan, Stamp, Sub, Ws};
+use crate::http::HttpSub;
 use crate::stats::{self, SubStats};
 use crate::sys::now_ns;
 
@@ -265,12 +266,15 @@ async fn worker(shared: Arc<Shared>, wid: usize, threads: usize) -> WorkerOut {
             let c = global % shared.layout.channels;
             let permit = permits.acquire().await;
             let channel = shared.layout.channel_name(c);
-            match shared.endpoint.subscriber(global, &channel).await {
-                Ok(ws) => {
+            match shared.endpoint.any_subscriber(global, &channel).await {
+                Ok(conn) => {
                     drop(permit);
                     shared.alive.fetch_add(1, Relaxed);
                     shared.connected.fetch_add(1, Relaxed);
-                    subscriber(ws, &shared, &state, local, c).await;
+                    match conn {
+                        Sub::Ws(ws) => subscriber(ws, &shared, &state, local, c).await,
+                        Sub::Http(h) => http_subscriber(h, &shared, &state, local, c).await,
+                    }
                     shared.alive.fetch_sub(1, Relaxed);
                 }
                 Err(e) => {
@@ -308,7 +312,6 @@ async fn subscriber(
     channel: usize,
 ) {
     let target = shared.endpoint.target;
-    let channels = shared.layout.channels as u64;
     let mut batch = Vec::new();
     loop {
         let r = poll_fn(|cx| {
@@ -329,37 +332,14 @@ async fn subscriber(
             return;
         }
         let now = now_ns();
-        let lat_from = shared.latency_from_ns.load(Relaxed);
         let mut st = state.borrow_mut();
         let WorkerState { subs, latency } = &mut *st;
         let sub = &mut subs[local];
         let mut sc = Scan::default();
-        let mut n: u64 = 0;
-        let mut copies = None;
+        let mut acc = Accounting::new(shared, now);
         for m in batch.drain(..) {
             match m {
-                Message::Text(t) => conn::scan(target, &t, &mut sc, |Stamp { seq, t_ns }| {
-                    if seq == 0 {
-                        if !sub.barrier {
-                            sub.barrier = true;
-                            shared.barrier.fetch_add(1, Relaxed);
-                        }
-                        return;
-                    }
-                    sub.record(seq);
-                    n += 1;
-                    if t_ns >= lat_from {
-                        let _ = latency.record((now.saturating_sub(t_ns) / 1000).max(1));
-                    }
-                    if let Some(ring) = &shared.ring {
-                        let k = (seq - 1) * channels + channel as u64;
-                        let prev = ring[(k % RING as u64) as usize].fetch_add(1, Relaxed);
-                        let need = *copies.get_or_insert_with(|| shared.copies());
-                        if prev + 1 >= need {
-                            shared.progress.notify_one();
-                        }
-                    }
-                }),
+                Message::Text(t) => acc.text(shared, sub, latency, channel, &t, &mut sc),
                 Message::Close(c) => {
                     sub.ended = Some(match c {
                         Some(c) => format!("close {} {}", c.code, c.reason),
@@ -373,16 +353,125 @@ async fn subscriber(
             sub.ended = Some("disconnect push".into());
         }
         drop(st);
-        if n > 0 {
-            shared.delivered.fetch_add(n, Relaxed);
-            if now >= shared.window_start_ns.load(Relaxed)
-                && now < shared.window_end_ns.load(Relaxed)
-            {
-                shared.delivered_window.fetch_add(n, Relaxed);
-            }
-        }
+        acc.finish(shared);
         if sc.ping && shared.pongs.load(Relaxed) {
             ws.queue_message(&conn::pong(target));
+        }
+    }
+}
+
+/// Reads one subscriber connection over `http_stream` or `sse` until it ends, accounting
+/// every payload as [`subscriber`] does.
+async fn http_subscriber(
+    mut sub_conn: HttpSub,
+    shared: &Shared,
+    state: &RefCell<WorkerState>,
+    local: usize,
+    channel: usize,
+) {
+    let mut buf = Vec::new();
+    let sse = sub_conn.sse;
+    loop {
+        let mut ping = false;
+        let mut sc = Scan::default();
+        let mut acc = Accounting::new(shared, 0);
+        let r = sub_conn
+            .read(&mut buf, |messages| {
+                acc.now = now_ns();
+                ping |= HttpSub::has_ping(sse, messages);
+                let mut st = state.borrow_mut();
+                let WorkerState { subs, latency } = &mut *st;
+                acc.text(
+                    shared,
+                    &mut subs[local],
+                    latency,
+                    channel,
+                    messages,
+                    &mut sc,
+                );
+            })
+            .await;
+        acc.finish(shared);
+        let mut st = state.borrow_mut();
+        let sub = &mut st.subs[local];
+        if sc.disconnect && sub.ended.is_none() {
+            sub.ended = Some("disconnect push".into());
+        }
+        if let Err(e) = r {
+            if sub.ended.is_none() {
+                sub.ended = Some(format!("{e}"));
+            }
+            return;
+        }
+        drop(st);
+        if ping && shared.pongs.load(Relaxed) {
+            sub_conn.pong();
+        }
+    }
+}
+
+/// Accounts the payloads of one read: deliveries, latency, the max-rate ring.
+struct Accounting {
+    now: u64,
+    lat_from: u64,
+    n: u64,
+    copies: Option<u32>,
+}
+
+impl Accounting {
+    fn new(shared: &Shared, now: u64) -> Self {
+        Self {
+            now,
+            lat_from: shared.latency_from_ns.load(Relaxed),
+            n: 0,
+            copies: None,
+        }
+    }
+
+    /// Accounts the payloads in `text` (one message, or several separated by line breaks).
+    fn text(
+        &mut self,
+        shared: &Shared,
+        sub: &mut SubStats,
+        latency: &mut Histogram<u64>,
+        channel: usize,
+        text: &[u8],
+        sc: &mut Scan,
+    ) {
+        let channels = shared.layout.channels as u64;
+        conn::scan(shared.endpoint.target, text, sc, |Stamp { seq, t_ns }| {
+            if seq == 0 {
+                if !sub.barrier {
+                    sub.barrier = true;
+                    shared.barrier.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+            sub.record(seq);
+            self.n += 1;
+            if t_ns >= self.lat_from {
+                let _ = latency.record((self.now.saturating_sub(t_ns) / 1000).max(1));
+            }
+            if let Some(ring) = &shared.ring {
+                let k = (seq - 1) * channels + channel as u64;
+                let prev = ring[(k % RING as u64) as usize].fetch_add(1, Relaxed);
+                let need = *self.copies.get_or_insert_with(|| shared.copies());
+                if prev + 1 >= need {
+                    shared.progress.notify_one();
+                }
+            }
+        });
+    }
+
+    /// Adds the deliveries counted to the shared totals.
+    fn finish(&self, shared: &Shared) {
+        if self.n > 0 {
+            shared.delivered.fetch_add(self.n, Relaxed);
+            if self.now >= shared.window_start_ns.load(Relaxed)
+                && self.now < shared.window_end_ns.load(Relaxed)
+            {
+                shared.delivered_window.fetch_add(self.n, Relaxed);
+            }
         }
     }
 }

@@ -129,6 +129,10 @@ pub(crate) fn run(a: &SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.channels > 0, "--channels must be at least 1");
     anyhow::ensure!(a.sample > 0.0, "--sample must be positive");
     crate::check_fd_limit(a.connections + 8)?;
+    anyhow::ensure!(
+        a.common.transport == crate::http::Transport::Websocket,
+        "soak: only --transport websocket"
+    );
     let ep = Rc::new(a.common.endpoint()?);
     let metrics_addr = ep.addr;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -540,6 +544,7 @@ fn report(a: &SoakArgs, c: &Counters, samples: &[Sample], elapsed: f64) -> anyho
     let line = json!({
         "scenario": "soak",
         "target": a.common.target,
+        "transport": a.common.transport,
         "label": a.common.label,
         "connections": a.connections,
         "channels": a.channels,
