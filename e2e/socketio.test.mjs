@@ -203,16 +203,14 @@ async function roundRobin(backends) {
   };
 }
 
-describe('socket.io on three nodes (local Redis), no sticky sessions', () => {
-  const prefix = `sb-e2e-socketio-${process.pid}-${Date.now()}`;
-  const clusterConfig = `${CONFIG}
-[broker]
-type = "redis"
+const BROKERS = {
+  redis: (prefix) => `[broker]\ntype = "redis"\n\n[broker.redis]\naddresses = ["redis://127.0.0.1:6379"]\nprefix = "${prefix}"\n`,
+  nats: (prefix) => `[broker]\ntype = "nats"\n\n[broker.nats]\nurl = "nats://127.0.0.1:4222"\nprefix = "${prefix}"\n`,
+};
 
-[broker.redis]
-addresses = ["redis://127.0.0.1:6379"]
-prefix = "${prefix}"
-`;
+for (const [broker, brokerConfig] of Object.entries(BROKERS)) describe(`socket.io on three nodes (local ${broker}), no sticky sessions`, () => {
+  const prefix = `sb-e2e-socketio-${process.pid}-${Date.now()}`;
+  const clusterConfig = `${CONFIG}\n${brokerConfig(prefix)}`;
   let nodes = [];
   let lb;
   const sockets = [];
