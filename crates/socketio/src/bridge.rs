@@ -362,7 +362,7 @@ enum Event {
     Command(Option<Command>),
     Items,
     Controls,
-    Closed,
+    Closed(switchboard_proto::DisconnectCode),
     Timer,
 }
 
@@ -391,7 +391,7 @@ async fn drive(
             match out.poll_drain(cx, &mut batch, MAX_BATCH, true) {
                 Poll::Ready(Drained::Items) => return Poll::Ready(Event::Items),
                 Poll::Ready(Drained::Controls) => return Poll::Ready(Event::Controls),
-                Poll::Ready(Drained::Closed(_)) => return Poll::Ready(Event::Closed),
+                Poll::Ready(Drained::Closed(code)) => return Poll::Ready(Event::Closed(code)),
                 Poll::Pending => {}
             }
             if let Poll::Ready(c) = rx.poll_recv(cx) {
@@ -434,9 +434,9 @@ async fn drive(
             }
             Event::Controls => client.apply_controls().await,
             Event::Timer => client.on_timer(Instant::now()).await,
-            Event::Closed => Err(switchboard_proto::DisconnectCode::SHUTDOWN),
+            Event::Closed(code) => Err(code),
         };
-        if result.is_err() {
+        if let Err(code) = result {
             // Deliver what is still queued (an error reply to connect, say), then end.
             let mut rest = Vec::new();
             let _ =
@@ -447,7 +447,13 @@ async fn drive(
                 }
             }
             if state.socket.connected() {
-                state.socket.disconnect();
+                if code.reconnect() {
+                    // The node shuts down, or failed: the client reconnects (to another node),
+                    // recovering its rooms when recovery is on.
+                    state.socket.close_connection();
+                } else {
+                    state.socket.disconnect();
+                }
             }
             return;
         }

@@ -250,6 +250,12 @@ impl Socket {
         }
     }
 
+    /// Closes the client's whole connection (every namespace); socket.io-client then
+    /// reconnects on its own, unlike after [`Socket::disconnect`].
+    pub fn close_connection(&self) {
+        self.0.engine.close();
+    }
+
     /// Removes the socket from its namespace and rooms and runs the disconnect handler.
     pub(crate) fn cleanup(&self, reason: &'static str) {
         if !self.0.connected.swap(false, Ordering::AcqRel) {
