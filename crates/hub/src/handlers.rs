@@ -225,7 +225,8 @@ impl ClientContext {
         &self.user
     }
 
-    /// The transport's name: `websocket`.
+    /// The transport's name: `websocket`, `http_stream`, `sse`, `uni_websocket`,
+    /// `uni_http_stream`, `uni_sse` or `socketio` (the same name proxies get in `transport`).
     pub fn transport(&self) -> &'static str {
         self.transport
     }
