@@ -21,8 +21,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
 }
 
-/// Builds the router with every route the server serves: `/` (the start page, when
-/// `demos.enabled`), `/connection/websocket`, the HTTP-streaming and SSE transports
+/// Builds the router with every route the server serves: `/` and `/start` (the start page,
+/// when `demos.enabled`), `/connection/websocket`, the HTTP-streaming and SSE transports
 /// (`/connection/http_stream`, `/connection/sse`, `/emulation`), the unidirectional ones
 /// (`/connection/uni_sse`, `/connection/uni_http_stream`, `/connection/uni_websocket`),
 /// `/health`, `/metrics`, the browser SDK (`/js/...`, see [`sdk`]) and `/api/...`.
@@ -83,7 +83,11 @@ pub fn router(state: AppState) -> Router {
     }
     if state.config.demos.enabled {
         let page = home::render(&state.config);
-        router = router.route("/", get(move || std::future::ready(page.clone())));
+        let start = page.clone();
+        router = router
+            .route("/", get(move || std::future::ready(page.clone())))
+            // Also here, for when an application (the binary's demos) serves its own `/`.
+            .route("/start", get(move || std::future::ready(start.clone())));
     }
     router.with_state(state)
 }

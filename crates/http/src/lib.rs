@@ -102,6 +102,23 @@ impl Server {
     /// Binds `config.address` and serves `hub` (built from `config` by [`build_hub`]) in the
     /// background; connection tasks are tracked by `tasks`, which shutdown waits for.
     pub async fn serve_hub(config: Config, hub: Hub, tasks: TaskTracker) -> anyhow::Result<Self> {
+        let state = AppState {
+            hub: hub.clone(),
+            config: Arc::new(config.clone()),
+            tasks: tasks.clone(),
+        };
+        let router = app::router(state);
+        Self::serve_router(config, hub, tasks, router).await
+    }
+
+    /// Like [`Server::serve_hub`], with `router` as the routes served: [`app::router`] of the
+    /// same hub, possibly with the application's own routes around it.
+    pub async fn serve_router(
+        config: Config,
+        hub: Hub,
+        tasks: TaskTracker,
+        router: axum::Router,
+    ) -> anyhow::Result<Self> {
         let listener =
             bind(config.address).with_context(|| format!("cannot listen on {}", config.address))?;
         let addr = listener.local_addr()?;
@@ -114,12 +131,6 @@ impl Server {
                 "http"
             }
         );
-        let state = AppState {
-            hub: hub.clone(),
-            config: Arc::new(config.clone()),
-            tasks: tasks.clone(),
-        };
-        let router = app::router(state);
         let shutdown = CancellationToken::new();
         let drain_timeout = config.shutdown.drain_timeout;
         let tls = if config.tls.is_enabled() {

@@ -250,7 +250,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     runtime.block_on(async move {
         let address = config.address;
         let served = async {
-            let node = switchboard::Node::builder().config(config).build().await?;
+            let node = build_node(config).await?;
             node.serve(address).await
         };
         match served.await {
@@ -261,6 +261,22 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The node of `config`; with the demo applications (their namespaces, handlers and pages at
+/// `/`) when `demos.enabled`, which production mode never turns on by itself.
+async fn build_node(mut config: Config) -> anyhow::Result<switchboard::Node> {
+    if !config.demos.enabled {
+        return switchboard::Node::builder().config(config).build().await;
+    }
+    let demos = switchboard_demos::Demos::new();
+    demos.configure(&mut config);
+    let node = demos
+        .install(switchboard::Node::builder().config(config))
+        .build()
+        .await?;
+    demos.start(&node);
+    Ok(node)
 }
 
 /// Logs go to stdout, with colours only when it is a terminal (and `NO_COLOR` is not set).

@@ -267,7 +267,7 @@ async fn root_serves_the_start_page_in_development_mode() {
         "/health",
         "/metrics",
         "switchboard gentoken --user ID",
-        "Demo applications will be served here",
+        "serves its demo applications",
     ] {
         assert!(response.body.contains(expected), "{expected} missing");
     }
@@ -423,5 +423,59 @@ fn serve_names_the_config_file_and_an_explicit_api_key() {
     );
     assert!(log.contains("needs the configured api.key"), "{log}");
     assert!(!log.contains("without a key"), "{log}");
+    serve.kill();
+}
+
+/// `GET path` from the binary at `addr`: the whole response, status line first.
+fn get_raw(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .expect("read the response");
+    response
+}
+
+/// Pages and assets of the demo applications (crates/demos).
+const DEMO_PATHS: &[&str] = &[
+    "/demos/chat",
+    "/demos/assets/chat.js",
+    "/demos/assets/common.js",
+    "/demos/assets/demo.css",
+];
+
+#[test]
+fn the_demos_are_served_in_development_mode() {
+    let serve = Serve::start(&["--address", "127.0.0.1:0"]);
+    let lines = serve.lines_until("switchboard listening", Duration::from_secs(20));
+    let addr = listening_addr(lines.last().unwrap());
+    let landing = get_raw(addr, "/");
+    assert!(landing.starts_with("HTTP/1.1 200"), "{landing}");
+    assert!(landing.contains("Real-time demos"), "{landing}");
+    for path in DEMO_PATHS {
+        let response = get_raw(addr, path);
+        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+    }
+    // The start page moves to /start; the node's own routes are still there.
+    assert!(get_raw(addr, "/start").contains("/connection/websocket"));
+    assert!(get_raw(addr, "/health").starts_with("HTTP/1.1 200"));
+    serve.kill();
+}
+
+#[test]
+fn production_mode_serves_nothing_of_the_demos() {
+    let serve = Serve::start(&["--address", "127.0.0.1:0", "--mode", "production"]);
+    let lines = serve.lines_until("switchboard listening", Duration::from_secs(20));
+    let addr = listening_addr(lines.last().unwrap());
+    for path in ["/", "/start"].iter().chain(DEMO_PATHS) {
+        let response = get_raw(addr, path);
+        assert!(response.starts_with("HTTP/1.1 404"), "{path}: {response}");
+    }
+    assert!(get_raw(addr, "/health").starts_with("HTTP/1.1 200"));
     serve.kill();
 }

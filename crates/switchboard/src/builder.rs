@@ -69,6 +69,7 @@ pub struct NodeBuilder {
     closures: ClosureHandlers,
     handlers: Option<Arc<dyn Handlers>>,
     timeout: Option<Duration>,
+    routes: Option<axum::Router>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -77,6 +78,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("broker", &self.broker)
             .field("closures", &self.closures.any())
             .field("handlers", &self.handlers.is_some())
+            .field("routes", &self.routes.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +91,7 @@ impl NodeBuilder {
             closures: ClosureHandlers::default(),
             handlers: None,
             timeout: None,
+            routes: None,
         }
     }
 
@@ -227,6 +230,18 @@ impl NodeBuilder {
         self
     }
 
+    /// The application's own HTTP routes (pages, assets, its API), served together with the
+    /// node's by [`Node::serve`], [`Node::start`] and [`Node::router`]. A request goes to
+    /// `routes` first and to the node's routes when `routes` has none for it, so `routes` wins
+    /// where both have a path (`/`, for instance). Calling it again adds more routes.
+    pub fn routes(mut self, routes: axum::Router) -> Self {
+        self.routes = Some(match self.routes.take() {
+            Some(before) => before.merge(routes),
+            None => routes,
+        });
+        self
+    }
+
     /// Connects the broker and builds the node. Needs a tokio runtime.
     pub async fn build(self) -> anyhow::Result<Node> {
         let mut config = self.config;
@@ -256,6 +271,7 @@ impl NodeBuilder {
             hub,
             config: Arc::new(config),
             tasks: TaskTracker::new(),
+            routes: self.routes,
         })
     }
 }

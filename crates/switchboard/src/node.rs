@@ -23,6 +23,8 @@ pub struct Node {
     pub(crate) hub: Hub,
     pub(crate) config: Arc<Config>,
     pub(crate) tasks: TaskTracker,
+    /// The application's own routes ([`NodeBuilder::routes`]), served before the node's.
+    pub(crate) routes: Option<axum::Router>,
 }
 
 impl std::fmt::Debug for Node {
@@ -42,7 +44,8 @@ impl Node {
 
     /// The node's routes, to nest in an application's router: `/connection/websocket` (the
     /// client protocol), `/api/{method}` (the server HTTP API, when `api.key` is set or
-    /// `api.insecure`), `/health`, `/metrics`, and `/` when `demos.enabled`.
+    /// `api.insecure`), `/health`, `/metrics`, and `/` when `demos.enabled`; with the routes
+    /// given to [`NodeBuilder::routes`] in front of them.
     ///
     /// The server API reads the peer address: serve the app with
     /// `into_make_service_with_connect_info::<SocketAddr>()`. Call [`Node::shutdown`] when the
@@ -63,11 +66,16 @@ impl Node {
     /// # }
     /// ```
     pub fn router(&self) -> axum::Router {
-        app::router(AppState {
+        let node = app::router(AppState {
             hub: self.hub.clone(),
             config: self.config.clone(),
             tasks: self.tasks.clone(),
-        })
+        });
+        match &self.routes {
+            // The application's routes first; whatever they do not match goes to the node's.
+            Some(routes) => routes.clone().fallback_service(node),
+            None => node,
+        }
     }
 
     /// Serves `io` (namespaces and handlers of your own: library semantics) on this node, at
@@ -110,8 +118,10 @@ impl Node {
     pub async fn start(self, addr: SocketAddr) -> anyhow::Result<Server> {
         let mut config = (*self.config).clone();
         config.address = addr;
+        let router = self.router();
         let inner =
-            switchboard_http::Server::serve_hub(config, self.hub.clone(), self.tasks).await?;
+            switchboard_http::Server::serve_router(config, self.hub.clone(), self.tasks, router)
+                .await?;
         Ok(Server { inner })
     }
 
