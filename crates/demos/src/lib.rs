@@ -21,19 +21,34 @@
 //! # }
 //! ```
 
+mod auction;
 mod chat;
+mod crdt;
+mod dashboard;
+mod editor;
+mod game;
+mod notify;
 mod pages;
 
 use std::sync::{Arc, OnceLock};
 
 use switchboard::config::{Config, NamespaceOptions};
 use switchboard::{
-    ClientContext, ErrorCode, HandlerResult, Node, NodeBuilder, PublishReply, PublishRequest,
+    ClientContext, Data, ErrorCode, HandlerResult, Node, NodeBuilder, PublishReply, PublishRequest,
     Rejection, RpcReply, RpcRequest, SubscribeReply, SubscribeRequest,
 };
 
 /// The namespaces the demos use; their channels are decided by the demo handlers.
-pub const NAMESPACES: &[&str] = &[chat::NAMESPACE, chat::TYPING_NAMESPACE];
+pub const NAMESPACES: &[&str] = &[
+    chat::NAMESPACE,
+    chat::TYPING_NAMESPACE,
+    auction::NAMESPACE,
+    notify::NAMESPACE,
+    dashboard::NAMESPACE,
+    game::NAMESPACE,
+    editor::NAMESPACE,
+    editor::CURSOR_NAMESPACE,
+];
 
 /// The demo applications: their namespaces, handlers, pages and background tasks.
 #[derive(Clone, Default)]
@@ -52,6 +67,10 @@ impl std::fmt::Debug for Demos {
 struct State {
     /// The node, once built (for server-side publishes).
     node: OnceLock<Node>,
+    auctions: Arc<auction::Auctions>,
+    dashboard: Arc<dashboard::Dashboard>,
+    game: Arc<game::Game>,
+    editor: editor::Editor,
 }
 
 impl Demos {
@@ -63,6 +82,7 @@ impl Demos {
     /// Adds the demo namespaces (history, presence, recovery as each demo needs) to `config`;
     /// a namespace of the same name already configured is kept as it is.
     pub fn configure(&self, config: &mut Config) {
+        self.state.dashboard.set_rate(config.demos.dashboard_rate);
         for ns in namespaces() {
             if !config.channel.namespaces.iter().any(|n| n.name == ns.name) {
                 config.channel.namespaces.push(ns);
@@ -76,6 +96,8 @@ impl Demos {
         let subscribe = self.clone();
         let publish = self.clone();
         let rpc = self.clone();
+        let subscribed = self.clone();
+        let unsubscribed = self.clone();
         builder
             .handler_namespaces(NAMESPACES.iter().copied())
             .on_subscribe(move |ctx, req| {
@@ -90,21 +112,55 @@ impl Demos {
                 let demos = rpc.clone();
                 async move { demos.rpc(ctx, req).await }
             })
+            .on_subscribed(move |_ctx, channel| {
+                let demos = subscribed.clone();
+                async move { demos.state.dashboard.watching(&channel, true) }
+            })
+            .on_unsubscribed(move |ctx, channel| {
+                let demos = unsubscribed.clone();
+                async move {
+                    demos.state.dashboard.watching(&channel, false);
+                    demos.state.game.leave(ctx.client_id(), &channel);
+                }
+            })
             .routes(pages::router())
     }
 
     /// Starts the demos' background tasks on `node` (built with [`Demos::install`]).
     pub fn start(&self, node: &Node) {
-        let _ = self.state.node.set(node.clone());
+        if self.state.node.set(node.clone()).is_ok() {
+            self.state.dashboard.spawn(node.clone());
+            self.state.game.spawn(node.clone());
+        }
     }
 
     async fn subscribe(
         &self,
-        _ctx: ClientContext,
+        ctx: ClientContext,
         req: SubscribeRequest,
     ) -> HandlerResult<SubscribeReply> {
         match namespace(&req.channel) {
             chat::NAMESPACE | chat::TYPING_NAMESPACE => chat::subscribe(&req),
+            dashboard::NAMESPACE => self.state.dashboard.subscribe(&req.channel),
+            editor::NAMESPACE | editor::CURSOR_NAMESPACE => {
+                editor::check_channel(&req.channel)?;
+                let name = name_from(req.data.as_ref(), "name")?;
+                let info = Data::json(&serde_json::json!({ "name": name }))?;
+                Ok(SubscribeReply::accept().with_info(info))
+            }
+            game::NAMESPACE => self
+                .state
+                .game
+                .subscribe(&ctx, &req.channel, req.data.as_ref()),
+            notify::NAMESPACE => {
+                notify::check_channel(&req.channel)?;
+                Ok(SubscribeReply::accept())
+            }
+            auction::NAMESPACE => {
+                self.state
+                    .auctions
+                    .subscribe(self.node()?, &req.channel, req.data.as_ref())
+            }
             _ => Err(ErrorCode::UNKNOWN_CHANNEL.into()),
         }
     }
@@ -117,14 +173,32 @@ impl Demos {
         match namespace(&req.channel) {
             chat::NAMESPACE => chat::message(&req),
             chat::TYPING_NAMESPACE => chat::typing(&req),
+            editor::CURSOR_NAMESPACE => editor::cursor(&req.data),
             _ => Err(ErrorCode::PERMISSION_DENIED.into()),
         }
     }
 
-    async fn rpc(&self, _ctx: ClientContext, req: RpcRequest) -> HandlerResult<RpcReply> {
-        // Not a demo method: what the node answers without an RPC handler.
-        let _ = req;
-        Err(ErrorCode::NOT_AVAILABLE.into())
+    async fn rpc(&self, ctx: ClientContext, req: RpcRequest) -> HandlerResult<RpcReply> {
+        let data = req.data.as_ref();
+        match req.method.as_str() {
+            "auction.bid" => self.state.auctions.bid(self.node()?, data).await,
+            "auction.start" => self.state.auctions.start(self.node()?, data).await,
+            "notify.send" => notify::send(self.node()?, data).await,
+            "editor.state" => self.state.editor.state(data).await,
+            "editor.ops" => self.state.editor.ops(self.node()?, data).await,
+            "game.input" => self.state.game.input(&ctx, data),
+            "game.ping" => self.state.game.ping(&ctx, data),
+            // Not a demo method: what the node answers without an RPC handler.
+            _ => Err(ErrorCode::NOT_AVAILABLE.into()),
+        }
+    }
+
+    /// The node, for server-side publishes (set by [`Demos::start`]).
+    fn node(&self) -> Result<&Node, Rejection> {
+        self.state
+            .node
+            .get()
+            .ok_or_else(|| Rejection::temporary(4500, "the demos are starting"))
     }
 }
 
@@ -135,7 +209,16 @@ fn namespace(channel: &str) -> &str {
 
 /// The demo namespaces' options.
 fn namespaces() -> Vec<NamespaceOptions> {
-    vec![chat::namespace(), chat::typing_namespace()]
+    vec![
+        chat::namespace(),
+        chat::typing_namespace(),
+        auction::namespace(),
+        notify::namespace(),
+        dashboard::namespace(),
+        game::namespace(),
+        editor::namespace(),
+        editor::cursor_namespace(),
+    ]
 }
 
 /// A namespace whose subscribers may read presence and history (the handlers decide who

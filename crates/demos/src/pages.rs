@@ -44,6 +44,61 @@ const PAGES: &[Page] = &[
         content_type: JS,
         body: include_str!("../assets/chat.js"),
     },
+    Page {
+        path: "/demos/auction",
+        content_type: HTML,
+        body: include_str!("../assets/auction.html"),
+    },
+    Page {
+        path: "/demos/assets/auction.js",
+        content_type: JS,
+        body: include_str!("../assets/auction.js"),
+    },
+    Page {
+        path: "/demos/notifications",
+        content_type: HTML,
+        body: include_str!("../assets/notifications.html"),
+    },
+    Page {
+        path: "/demos/assets/notifications.js",
+        content_type: JS,
+        body: include_str!("../assets/notifications.js"),
+    },
+    Page {
+        path: "/demos/dashboard",
+        content_type: HTML,
+        body: include_str!("../assets/dashboard.html"),
+    },
+    Page {
+        path: "/demos/assets/dashboard.js",
+        content_type: JS,
+        body: include_str!("../assets/dashboard.js"),
+    },
+    Page {
+        path: "/demos/game",
+        content_type: HTML,
+        body: include_str!("../assets/game.html"),
+    },
+    Page {
+        path: "/demos/assets/game.js",
+        content_type: JS,
+        body: include_str!("../assets/game.js"),
+    },
+    Page {
+        path: "/demos/editor",
+        content_type: HTML,
+        body: include_str!("../assets/editor.html"),
+    },
+    Page {
+        path: "/demos/assets/editor.js",
+        content_type: JS,
+        body: include_str!("../assets/editor.js"),
+    },
+    Page {
+        path: "/demos/assets/crdt.js",
+        content_type: JS,
+        body: include_str!("../assets/crdt.js"),
+    },
 ];
 
 /// The routes of [`PAGES`].

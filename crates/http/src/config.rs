@@ -398,14 +398,25 @@ pub struct ApiConfig {
 }
 
 /// Demo applications options.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct DemosConfig {
-    /// Serve the start page at `/` (what this server is, its endpoints, how to get a token); the
-    /// demo applications will be served there too once they exist. Default false (true in
-    /// development mode).
+    /// Serve the start page at `/` (what this server is, its endpoints, how to get a token);
+    /// the `switchboard` binary serves its demo applications there instead (and the start page
+    /// at `/start`). Default false (true in development mode).
     pub enabled: bool,
+    /// Updates per second of the live dashboard demo's simulated feed (1 to 100). Default 10.
+    pub dashboard_rate: u32,
+}
+
+impl Default for DemosConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dashboard_rate: 10,
+        }
+    }
 }
 
 /// Where configuration comes from, in increasing precedence after the file.
@@ -803,6 +814,9 @@ fn validate(config: &Config) -> Vec<String> {
     }
     if c.handshake_timeout.is_zero() {
         problems.push("client.handshake_timeout: must be greater than 0".into());
+    }
+    if !(1..=100).contains(&config.demos.dashboard_rate) {
+        problems.push("demos.dashboard_rate: must be 1 to 100 updates per second".into());
     }
     if config.http.head_timeout.is_zero() {
         problems.push("http.head_timeout: must be greater than 0".into());

@@ -445,6 +445,17 @@ fn get_raw(addr: SocketAddr, path: &str) -> String {
 const DEMO_PATHS: &[&str] = &[
     "/demos/chat",
     "/demos/assets/chat.js",
+    "/demos/auction",
+    "/demos/assets/auction.js",
+    "/demos/notifications",
+    "/demos/assets/notifications.js",
+    "/demos/dashboard",
+    "/demos/assets/dashboard.js",
+    "/demos/game",
+    "/demos/assets/game.js",
+    "/demos/editor",
+    "/demos/assets/editor.js",
+    "/demos/assets/crdt.js",
     "/demos/assets/common.js",
     "/demos/assets/demo.css",
 ];
