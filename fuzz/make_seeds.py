@@ -238,6 +238,41 @@ def api_body() -> None:
     write(t, "unknown_method", b"\x0d" + b"{}")
 
 
+# ---- socketio_packets: Engine.IO payloads/packets and Socket.IO packets, as text ---------------
+
+def socketio_packets() -> None:
+    t = "socketio_packets"
+    seeds = {
+        "eio_open": b'0{"sid":"abc","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}',
+        "eio_ping": b"2",
+        "eio_pong_probe": b"3probe",
+        "eio_message": b"4hello",
+        "eio_upgrade": b"5",
+        "eio_noop": b"6",
+        "eio_payload": b"4hello\x1e2\x1e4world",
+        "eio_binary_b64": b"bAQIDBA==",
+        "eio_payload_mixed": b"4a\x1ebAQI=\x1e1",
+        "eio_empty": b"",
+        "eio_bad_type": b"9x",
+        "sio_connect": b"0",
+        "sio_connect_ns_auth": b'0/admin,{"token":"abc"}',
+        "sio_disconnect": b"1/admin,",
+        "sio_event": b'2["message","hi"]',
+        "sio_event_ack": b'2/chat,12["ask",{"q":1}]',
+        "sio_ack": b'3/chat,12["answer"]',
+        "sio_connect_error": b'4{"message":"not authorized","data":{"code":1}}',
+        "sio_binary_event": b'51-["upload",{"_placeholder":true,"num":0}]',
+        "sio_binary_ack": b'61-/chat,7[{"_placeholder":true,"num":0}]',
+        "sio_too_many_attachments": b'599-["x"]',
+        "sio_bad_json": b'2["message",',
+        "sio_huge_id": b'299999999999999999999999["x"]',
+        # A number serde_json prints shorter than it parsed (found by the fuzzer).
+        "sio_long_float": b'0{"n":1000000999999999999999999999999999999999999}',
+    }
+    for name, data in seeds.items():
+        write(t, name, data)
+
+
 def main() -> None:
     if CORPUS.exists():
         shutil.rmtree(CORPUS)
@@ -246,6 +281,7 @@ def main() -> None:
     proto_commands()
     jwt_verify()
     api_body()
+    socketio_packets()
     for d in sorted(CORPUS.iterdir()):
         n = len(list(d.iterdir()))
         size = sum(f.stat().st_size for f in d.iterdir())
