@@ -24,6 +24,9 @@ pub const NODE_INFO_INTERVAL: Duration = Duration::from_secs(3);
 /// How long a node stays listed without an announcement.
 pub const NODE_EXPIRY: Duration = Duration::from_secs(10);
 
+/// The node of a [`ControlMessage::Relay`] for every node.
+pub(crate) const EVERY_NODE: &str = "*";
+
 /// A control message between nodes.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -62,7 +65,8 @@ pub(crate) enum ControlMessage {
         session: String,
         data: String,
     },
-    /// A message for the relay handler of `topic` on `node` (see [`crate::relay`]).
+    /// A message for the relay handler of `topic` on `node` (see [`crate::relay`]), or on
+    /// every node when `node` is [`EVERY_NODE`].
     Relay {
         node: String,
         topic: String,
@@ -158,7 +162,7 @@ fn apply(hub: &crate::Hub, message: ControlMessage) {
             }
         }
         ControlMessage::Relay { node, topic, data } => {
-            if node == hub.inner.node.id {
+            if node == hub.inner.node.id || node == EVERY_NODE {
                 hub.inner.relays.deliver(&topic, data);
             }
         }

@@ -432,6 +432,19 @@ impl Hub {
         .await
     }
 
+    /// Sends `data` to the relay handler of `topic` on every node, this one included, through
+    /// the broker's control channel: each node gets it once, and the messages one node sends
+    /// arrive everywhere in the order it sent them (when it awaits each call before the next).
+    /// Error 100 when the broker could not take it.
+    pub async fn relay_all(&self, topic: &str, data: String) -> Result<(), ErrorCode> {
+        self.broadcast_control(ControlMessage::Relay {
+            node: crate::cluster::EVERY_NODE.to_owned(),
+            topic: topic.to_owned(),
+            data,
+        })
+        .await
+    }
+
     /// Hands a batch of commands from `POST /emulation` to session `session` on node `node`:
     /// here when `node` is this node (or empty), else through the broker to every node, where
     /// the one holding the session takes it. Returns what happened here; a forwarded batch is
