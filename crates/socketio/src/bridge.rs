@@ -63,6 +63,116 @@ pub struct HubBridge {
     hub: Hub,
     sessions: Arc<Mutex<HashMap<Arc<str>, HubSession>>>,
     recovery: bool,
+    broadcasts: Arc<Broadcasts>,
+}
+
+/// The Engine.IO path [`HubBridge::with_path`] assumes.
+const DEFAULT_PATH: &str = "/socket.io/";
+/// Most namespace-wide broadcasts carried by one relay message.
+const MAX_BROADCAST_BATCH: usize = 256;
+/// Most bytes of broadcasts carried by one relay message (a larger broadcast goes alone): the
+/// brokers' message size limits (NATS: 1 MiB by default) apply to the whole batch.
+const MAX_BROADCAST_BATCH_BYTES: usize = 256 * 1024;
+
+/// Namespace-wide broadcasts of library mode on their way to every node: queued in the order
+/// they are made, and sent by one task, in that order, as relay messages to every node
+/// ([`Hub::relay_all`], topic `socketio-broadcast` + the Engine.IO path), which deliver them to
+/// their own sockets of the namespace. One relay message carries what queued up meanwhile (a
+/// JSON array of broadcasts).
+struct Broadcasts {
+    topic: String,
+    queue: std::sync::OnceLock<mpsc::UnboundedSender<String>>,
+}
+
+impl Broadcasts {
+    fn new(path: &str) -> Arc<Self> {
+        Arc::new(Self {
+            topic: format!("socketio-broadcast{path}"),
+            queue: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Queues one broadcast (JSON text; the sending task starts with the first).
+    fn send(&self, hub: &Hub, item: String) {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(send_broadcasts(hub.clone(), self.topic.clone(), rx));
+            tx
+        });
+        let _ = queue.send(item);
+    }
+}
+
+/// Sends the queued broadcasts to every node, in order, until the bridge is gone.
+async fn send_broadcasts(hub: Hub, topic: String, mut rx: mpsc::UnboundedReceiver<String>) {
+    let mut queued = std::collections::VecDeque::new();
+    let mut received = Vec::new();
+    loop {
+        if queued.is_empty() {
+            if rx.recv_many(&mut received, MAX_BROADCAST_BATCH).await == 0 {
+                return;
+            }
+        } else {
+            while let Ok(item) = rx.try_recv() {
+                received.push(item);
+                if received.len() >= MAX_BROADCAST_BATCH {
+                    break;
+                }
+            }
+        }
+        queued.extend(received.drain(..));
+        let mut data = String::from("[");
+        let mut n = 0;
+        while let Some(item) = queued.front() {
+            if n > 0 && data.len() + item.len() > MAX_BROADCAST_BATCH_BYTES {
+                break;
+            }
+            if n > 0 {
+                data.push(',');
+            }
+            data.push_str(item);
+            queued.pop_front();
+            n += 1;
+        }
+        data.push(']');
+        if let Err(e) = hub.relay_all(&topic, data).await {
+            tracing::warn!(
+                error = ?e,
+                broadcasts = n,
+                "socket.io: namespace broadcasts lost: the broker refused them"
+            );
+        }
+    }
+}
+
+/// Delivers a batch of namespace-wide broadcasts (from any node) to this node's sockets.
+fn deliver_broadcasts(io: &crate::sio::SocketIo, data: &str) {
+    use base64::Engine as _;
+    let Ok(Value::Array(items)) = serde_json::from_str::<Value>(data) else {
+        tracing::debug!("socket.io: malformed broadcast relay message");
+        return;
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for item in items {
+        let (Some(nsp), Some(Value::Array(array))) =
+            (item.get("nsp").and_then(Value::as_str), item.get("data"))
+        else {
+            continue;
+        };
+        let Some((Value::String(event), args)) = array.split_first() else {
+            continue;
+        };
+        let bins = match item.get("bins") {
+            Some(Value::Array(b)) => b
+                .iter()
+                .filter_map(|v| b64.decode(v.as_str()?).ok().map(Bytes::from))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let packet = crate::sio::Packet::event(nsp, event, args.to_vec(), bins, None);
+        let except = item.get("except").and_then(Value::as_str);
+        io.deliver_remote(&packet, &[], except);
+    }
 }
 
 /// A socket's hub session: where its commands go, and its hub client id.
@@ -85,7 +195,15 @@ impl HubBridge {
             hub,
             sessions: Arc::default(),
             recovery: false,
+            broadcasts: Broadcasts::new(DEFAULT_PATH),
         }
+    }
+
+    /// Sets the Engine.IO path the Socket.IO server is served at (default `/socket.io/`):
+    /// the nodes that serve the same path share namespace-wide broadcasts (library mode).
+    pub fn with_path(mut self, path: &str) -> Self {
+        self.broadcasts = Broadcasts::new(path);
+        self
     }
 
     /// Turns connection state recovery on or off (see [`crate::bridge`]'s "Recovery").
@@ -218,8 +336,20 @@ impl HubBridge {
     /// proxy or handler), and rooms become hub channels: `socket.join(room)` subscribes the
     /// socket's session to the room's channel, and emitting to rooms publishes into their
     /// channels, so every member gets it on any node, with native clients and server API
-    /// publications in the same rooms. Events still go to `io`'s own handlers.
+    /// publications in the same rooms. A namespace-wide emit (`io.emitter(ns)`,
+    /// `socket.broadcast()`) reaches the namespace's sockets on every node that attached a
+    /// bridge at the same path ([`HubBridge::with_path`]), once each, in the order this node
+    /// made them. Events still go to `io`'s own handlers.
     pub fn attach(&self, io: &crate::sio::SocketIo) {
+        let weak = io.downgrade();
+        self.hub.on_relay(
+            &self.broadcasts.topic,
+            Arc::new(move |data: String| {
+                if let Some(io) = weak.upgrade() {
+                    deliver_broadcasts(&io, &data);
+                }
+            }),
+        );
         let bridge = self.clone();
         let disconnect = self.clone();
         io.hooks(move |h| {
@@ -273,6 +403,18 @@ impl crate::sio::Bus for HubBridge {
         let Some(Value::Array(array)) = &packet.data else {
             return;
         };
+        if rooms.is_empty() {
+            // Every socket of the namespace, on every node: see [`Broadcasts`].
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let bins: Vec<Value> = packet
+                .bins
+                .iter()
+                .map(|b| Value::String(b64.encode(b)))
+                .collect();
+            let item = json!({ "nsp": ns, "except": except, "data": array, "bins": bins });
+            self.broadcasts.send(&self.hub, item.to_string());
+            return;
+        }
         let mut data = json!({
             "event": array.first().cloned().unwrap_or(Value::Null),
             "args": array.iter().skip(1).cloned().collect::<Vec<_>>(),

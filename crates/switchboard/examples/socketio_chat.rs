@@ -4,17 +4,20 @@
 //!
 //! - `/`: `join` (room) joins and acks `{"joined": room}`; `say` ({room, text}) emits `said` to
 //!   everyone else in the room; `echo` acks with its arguments; `ask` asks the client back
-//!   (`question`, with an ack) and emits `answer` with the client's reply.
+//!   (`question`, with an ack) and emits `answer` with the client's reply; `announce` emits
+//!   `announced` with its arguments to every socket of `/` (`io.emitter`), `shout` emits
+//!   `shouted` to every other socket of `/` (`socket.broadcast()`), on every node.
 //!
 //! Run: `ADDR=127.0.0.1:3000 cargo run -p switchboard --example socketio_chat` (anonymous
-//! clients allowed; no `[socketio]` built-ins).
+//! clients allowed; no `[socketio]` built-ins). With `REDIS_PREFIX=app` (and `REDIS_URL`,
+//! default `redis://127.0.0.1:6379`) the node uses Redis, so several of them make one cluster.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::socketio::{Payload, SioConfig, SocketIo};
-use switchboard::{Config, Node};
+use switchboard::{Broker, Config, Node};
 
 #[derive(Deserialize)]
 struct Say {
@@ -26,10 +29,16 @@ struct Say {
 async fn main() -> anyhow::Result<()> {
     let mut config = Config::development();
     config.socketio.enabled = false; // the built-in semantics stay off: ours are served
-    let node = Node::builder().config(config).build().await?;
+    let mut builder = Node::builder().config(config);
+    if let Ok(prefix) = std::env::var("REDIS_PREFIX") {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        builder = builder.broker(Broker::redis(&url, &prefix));
+    }
+    let node = builder.build().await?;
 
     let io = SocketIo::new(SioConfig::default());
-    io.ns("/", |h| {
+    let everyone = io.clone();
+    io.ns("/", move |h| {
         h.on_typed("join", |socket, room: String, ack| {
             socket.join(&room);
             if let Some(ack) = ack {
@@ -54,6 +63,14 @@ async fn main() -> anyhow::Result<()> {
                 Ok(reply) => socket.emit_payload("answer", reply),
                 Err(e) => socket.emit("answer", vec![json!({ "error": e.to_string() })]),
             };
+        });
+        h.on("announce", move |_socket, data, _ack| {
+            if let Some(all) = everyone.emitter("/") {
+                all.emit_payload("announced", data);
+            }
+        });
+        h.on("shout", |socket, data, _ack| {
+            socket.broadcast().emit_payload("shouted", data);
         });
     });
 

@@ -87,11 +87,14 @@ impl Node {
     /// `auth.token`, anonymous clients, the connect handler), rooms are hub channels (room `R`
     /// of namespace `/chat` is channel `chat:R`): `socket.join(room)` subscribes, and
     /// `socket.to(room).emit(...)` publishes, so members on every node get it, together with
-    /// native clients and server API publications. Polling requests may reach any node.
+    /// native clients and server API publications. Namespace-wide emits (`io.emitter(ns)`,
+    /// `socket.broadcast()`) reach the namespace's sockets on every node that serves `io`'s
+    /// namespaces at the same path. Polling requests may reach any node.
     pub fn socketio(&self, io: &crate::socketio::SocketIo) -> axum::Router {
         let c = &self.config.socketio;
         let bridge = switchboard_socketio::bridge::HubBridge::new(self.hub.clone())
-            .with_recovery(c.recovery);
+            .with_recovery(c.recovery)
+            .with_path(&c.path);
         bridge.attach(io);
         let engine = io.engine(
             switchboard_socketio::EngineConfig::default()

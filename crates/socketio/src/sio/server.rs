@@ -2,7 +2,7 @@
 //! broadcasting to rooms (locally and, through a [`Bus`], across nodes).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -45,15 +45,16 @@ impl Default for SioConfig {
 /// [`crate::bridge::HubBridge`]).
 ///
 /// With a bus, rooms live in the bus: `join`/`leave` tell it about a socket's rooms, and a
-/// broadcast to rooms is only `publish`ed; the bus delivers it to every member, on this node
-/// too. Without one, rooms are local to the node.
+/// broadcast is only `publish`ed; the bus delivers it to every member (every socket of the
+/// namespace when no room is named), on this node too, once per node, in the order of the
+/// `publish` calls for namespace-wide broadcasts. Without one, rooms are local to the node.
 pub trait Bus: Send + Sync + 'static {
     /// `socket` joined `room`.
     fn join(&self, socket: &Socket, room: &str);
     /// `socket` left `room`.
     fn leave(&self, socket: &Socket, room: &str);
-    /// Broadcasts `packet` to the members of `rooms` of namespace `ns`, leaving out the socket
-    /// `except`.
+    /// Broadcasts `packet` to the members of `rooms` of namespace `ns` (to every socket of
+    /// `ns`, on every node, when `rooms` is empty), leaving out the socket `except`.
     fn publish(&self, ns: &str, rooms: &[String], except: Option<&str>, packet: &Packet);
 }
 
@@ -73,6 +74,17 @@ struct Inner {
 #[derive(Clone)]
 pub struct SocketIo {
     inner: Arc<Inner>,
+}
+
+/// A [`SocketIo`] that does not keep it alive (for handlers the server's own parts hold).
+#[derive(Clone)]
+pub(crate) struct WeakSocketIo(Weak<Inner>);
+
+impl WeakSocketIo {
+    /// The server, while it exists.
+    pub(crate) fn upgrade(&self) -> Option<SocketIo> {
+        self.0.upgrade().map(|inner| SocketIo { inner })
+    }
 }
 
 impl std::fmt::Debug for SocketIo {
@@ -132,12 +144,17 @@ impl SocketIo {
         *self.inner.bus.write() = Some(bus);
     }
 
+    pub(crate) fn downgrade(&self) -> WeakSocketIo {
+        WeakSocketIo(Arc::downgrade(&self.inner))
+    }
+
     /// The namespace `name`, if it exists (dynamic ones once created).
     pub fn of(&self, name: &str) -> Option<Arc<Namespace>> {
         self.inner.namespaces.read().get(name).cloned()
     }
 
-    /// An emitter to every socket of namespace `ns`, across the cluster.
+    /// An emitter to every socket of namespace `ns`, across the cluster when a [`Bus`] is
+    /// installed (`None` when the namespace does not exist on this node).
     pub fn emitter(&self, ns: &str) -> Option<Emitter> {
         Some(Emitter {
             ns: self.of(ns)?,
@@ -147,7 +164,8 @@ impl SocketIo {
         })
     }
 
-    /// Delivers a packet another node broadcast (called by the [`Bus`]).
+    /// Delivers a broadcast packet to this node's sockets of its namespace: of `rooms` (every
+    /// socket when empty) but `except` (called by the [`Bus`]). Returns how many got it.
     pub fn deliver_remote(&self, packet: &Packet, rooms: &[String], except: Option<&str>) -> usize {
         match self.of(&packet.nsp) {
             Some(ns) => ns.deliver_local(packet, rooms, except),
@@ -246,9 +264,10 @@ impl Emitter {
         self
     }
 
-    /// Emits `event` with `args`; returns how many local sockets got it directly (0 when a
-    /// [`Bus`] carries it to the rooms' members). Without rooms: every socket of the namespace
-    /// on this node.
+    /// Emits `event` with `args` to the rooms' members (every socket of the namespace when no
+    /// room was named), except the socket left out. With a [`Bus`] they get it on every node,
+    /// and this returns 0 (the bus delivers, this node included); without one, only this node's
+    /// sockets get it, and this returns how many did.
     pub fn emit(&self, event: &str, args: Vec<Value>) -> usize {
         self.emit_payload(event, Payload::json(args))
     }
@@ -258,12 +277,12 @@ impl Emitter {
         let packet = Packet::event(&self.ns.name, event, payload.args, payload.bins, None);
         let except = self.except.as_deref();
         match &self.bus {
-            // The bus delivers to room members everywhere, this node included.
-            Some(bus) if !self.rooms.is_empty() => {
+            // The bus delivers everywhere, this node included.
+            Some(bus) => {
                 bus.publish(&self.ns.name, &self.rooms, except, &packet);
                 0
             }
-            _ => self.ns.deliver_local(&packet, &self.rooms, except),
+            None => self.ns.deliver_local(&packet, &self.rooms, except),
         }
     }
 }

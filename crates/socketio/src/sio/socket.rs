@@ -241,6 +241,18 @@ impl Socket {
         }
     }
 
+    /// An emitter to every other socket of the namespace (Socket.IO's `socket.broadcast`):
+    /// across the cluster with a [`Bus`](super::server::Bus); narrow it to rooms with
+    /// [`Emitter::to`](super::server::Emitter::to).
+    pub fn broadcast(&self) -> super::server::Emitter {
+        super::server::Emitter {
+            ns: self.0.ns.clone(),
+            rooms: Vec::new(),
+            except: Some(self.0.id.clone()),
+            bus: self.0.bus.clone(),
+        }
+    }
+
     /// Disconnects the socket from the namespace (the client gets a DISCONNECT packet; its
     /// Engine.IO session and other namespaces stay).
     pub fn disconnect(&self) {
