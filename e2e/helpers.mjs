@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -478,4 +479,75 @@ export async function api(server, method, body = {}, apiKey = undefined, timeout
     );
   }
   return answer.result ?? {};
+}
+
+/**
+ * A round-robin HTTP load balancer on a free loopback port: every request goes to the next of
+ * `backends` (anything with an `httpUrl`). `seen[k]` counts the requests backend `k` got. No
+ * WebSocket upgrades.
+ */
+export async function roundRobin(backends) {
+  let i = 0;
+  const seen = backends.map(() => 0);
+  const server = http.createServer((req, res) => {
+    const k = i++ % backends.length;
+    seen[k]++;
+    const target = new URL(backends[k].httpUrl);
+    const up = http.request(
+      { host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers },
+      (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    httpUrl: `http://127.0.0.1:${server.address().port}`,
+    seen,
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(resolve);
+      }),
+  };
+}
+
+/** Where the library examples are (`EXAMPLES_DIR`, else ../target/release/examples). */
+const EXAMPLES = process.env.EXAMPLES_DIR || path.join(here, '..', 'target', 'release', 'examples');
+
+/**
+ * Runs the library example `socketio_chat` (crates/switchboard/examples) on a free port, with
+ * `env` added to its environment (`REDIS_PREFIX` puts it on the local Redis). Returns
+ * `{ httpUrl, wsUrl, stop() }`.
+ */
+export async function startChatExample(env = {}) {
+  const child = spawn(path.join(EXAMPLES, 'socketio_chat'), [], {
+    env: { ...process.env, ADDR: '127.0.0.1:0', RUST_LOG: 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stderr.on('data', (c) => (log += c));
+  const address = await withTimeout(
+    new Promise((resolve, reject) => {
+      child.stdout.on('data', (c) => {
+        log += c;
+        const m = /listening on http:\/\/(\S+)/.exec(log);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (code) => reject(new Error(`socketio_chat exited (${code}): ${log}`)));
+    }),
+    15000,
+    'socketio_chat did not start',
+  );
+  return {
+    httpUrl: `http://${address}`,
+    wsUrl: `ws://${address}/connection/websocket`,
+    stop: () => {
+      child.kill('SIGTERM');
+      return new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', resolve)));
+    },
+  };
 }

@@ -3,11 +3,7 @@
 // the server API meet in one channel), acks, JWT auth in `auth.token`, CONNECT_ERROR.
 
 import assert from 'node:assert/strict';
-import http from 'node:http';
-import { spawn } from 'node:child_process';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
 import { io } from 'socket.io-client';
 
@@ -15,7 +11,9 @@ import {
   api,
   connectClient,
   publicationQueue,
+  roundRobin,
   signJwt,
+  startChatExample,
   startServer,
   subscribe,
   withTimeout,
@@ -177,32 +175,6 @@ describe('socket.io-client against the binary', () => {
   });
 });
 
-/** A round-robin HTTP load balancer on a free port: every request goes to the next backend. */
-async function roundRobin(backends) {
-  let i = 0;
-  const seen = backends.map(() => 0);
-  const server = http.createServer((req, res) => {
-    const k = i++ % backends.length;
-    seen[k]++;
-    const target = new URL(backends[k].httpUrl);
-    const up = http.request(
-      { host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers },
-      (r) => {
-        res.writeHead(r.statusCode, r.headers);
-        r.pipe(res);
-      },
-    );
-    up.on('error', () => res.destroy());
-    req.pipe(up);
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    httpUrl: `http://127.0.0.1:${server.address().port}`,
-    seen,
-    close: () => new Promise((resolve) => server.close(resolve)),
-  };
-}
-
 const BROKERS = {
   redis: (prefix) => `[broker]\ntype = "redis"\n\n[broker.redis]\naddresses = ["redis://127.0.0.1:6379"]\nprefix = "${prefix}"\n`,
   nats: (prefix) => `[broker]\ntype = "nats"\n\n[broker.nats]\nurl = "nats://127.0.0.1:4222"\nprefix = "${prefix}"\n`,
@@ -254,39 +226,6 @@ for (const [broker, brokerConfig] of Object.entries(BROKERS)) describe(`socket.i
     assert.deepEqual(await atA, ['from B']);
   });
 });
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const EXAMPLES = process.env.EXAMPLES_DIR || path.join(here, '..', 'target', 'release', 'examples');
-
-/** Runs the library example `socketio_chat` on a free port. */
-async function startChatExample() {
-  const child = spawn(path.join(EXAMPLES, 'socketio_chat'), [], {
-    env: { ...process.env, ADDR: '127.0.0.1:0', RUST_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let log = '';
-  child.stderr.on('data', (c) => (log += c));
-  const address = await withTimeout(
-    new Promise((resolve, reject) => {
-      child.stdout.on('data', (c) => {
-        log += c;
-        const m = /listening on http:\/\/(\S+)/.exec(log);
-        if (m) resolve(m[1]);
-      });
-      child.once('exit', (code) => reject(new Error(`socketio_chat exited (${code}): ${log}`)));
-    }),
-    15000,
-    'socketio_chat did not start',
-  );
-  return {
-    httpUrl: `http://${address}`,
-    wsUrl: `ws://${address}/connection/websocket`,
-    stop: () => {
-      child.kill('SIGTERM');
-      return new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', resolve)));
-    },
-  };
-}
 
 describe('library semantics: the socketio_chat example (typed handlers in Rust)', () => {
   let chat;
