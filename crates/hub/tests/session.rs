@@ -303,9 +303,15 @@ async fn relays_reach_this_node_by_its_id_and_as_every_node() {
     );
     let id = h.hub.node().id.clone();
     h.hub.relay(&id, "topic", "one".into()).await.unwrap();
-    h.hub.relay("another-node", "topic", "lost".into()).await.unwrap();
+    h.hub
+        .relay("another-node", "topic", "lost".into())
+        .await
+        .unwrap();
     h.hub.relay_all("topic", "two".into()).await.unwrap();
-    h.hub.relay_all("elsewhere", "ignored".into()).await.unwrap();
+    h.hub
+        .relay_all("elsewhere", "ignored".into())
+        .await
+        .unwrap();
     assert_eq!(rx.recv().await.as_deref(), Some("one"));
     assert_eq!(rx.recv().await.as_deref(), Some("two"));
     assert!(rx.try_recv().is_err());

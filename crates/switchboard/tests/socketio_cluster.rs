@@ -21,8 +21,10 @@ const WAIT: Duration = Duration::from_secs(5);
 /// (`io.emitter`), `others` to every other socket of `/` (`socket.broadcast()`), `bin` emits
 /// one binary attachment to every socket of `/`.
 async fn node(prefix: &str) -> (SocketAddr, SocketIo, Node) {
+    let mut config = Config::development();
+    config.socketio.enabled = false; // the built-in semantics stay off: ours are served
     let node = Node::builder()
-        .config(Config::development())
+        .config(config)
         .broker(Broker::redis("redis://127.0.0.1:6379", prefix))
         .build()
         .await
@@ -43,7 +45,9 @@ async fn node(prefix: &str) -> (SocketAddr, SocketIo, Node) {
                 args: vec![json!("bytes"), json!({"_placeholder": true, "num": 0})],
                 bins: vec![vec![0u8, 1, 2, 255].into()],
             };
-            io.emitter("/").expect("namespace /").emit_payload("bin", payload);
+            io.emitter("/")
+                .expect("namespace /")
+                .emit_payload("bin", payload);
         });
     });
     io.ns("/chat", |_| {});
@@ -125,7 +129,9 @@ impl SioClient {
     async fn event_within(&mut self, wait: Duration) -> Option<(Vec<Value>, Vec<Vec<u8>>)> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             let Message::Text(t) = frame.expect("socket open").unwrap() else {
                 panic!("an attachment without its packet");
             };
