@@ -1,4 +1,4 @@
-//! Library-mode Socket.IO on two embedded nodes sharing Redis: namespace-wide emits
+//! Library-mode Socket.IO on two embedded nodes sharing Redis, or NATS: namespace-wide emits
 //! (`io.emitter(ns)`, `socket.broadcast()`) reach the namespace's sockets on both nodes, once
 //! each, in the order they were made, without the sender when asked, with binary attachments.
 //! The clients speak Socket.IO v5 over an Engine.IO WebSocket, written out here (the npm
@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard::socketio::{Payload, SioConfig, SocketIo};
-use switchboard::{Broker, Config, Node};
+use switchboard::{Broker, Config, NatsConfig, Node};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -20,12 +20,12 @@ const WAIT: Duration = Duration::from_secs(5);
 /// A node on Redis serving a Socket.IO app: `all` emits its arguments to every socket of `/`
 /// (`io.emitter`), `others` to every other socket of `/` (`socket.broadcast()`), `bin` emits
 /// one binary attachment to every socket of `/`.
-async fn node(prefix: &str) -> (SocketAddr, SocketIo, Node) {
+async fn node(broker: Broker) -> (SocketAddr, SocketIo, Node) {
     let mut config = Config::development();
     config.socketio.enabled = false; // the built-in semantics stay off: ours are served
     let node = Node::builder()
         .config(config)
-        .broker(Broker::redis("redis://127.0.0.1:6379", prefix))
+        .broker(broker)
         .build()
         .await
         .unwrap();
@@ -202,10 +202,27 @@ fn prefix() -> String {
 }
 
 #[tokio::test]
-async fn namespace_wide_emits_reach_every_node_once_in_order() {
+async fn namespace_wide_emits_reach_every_node_once_in_order_on_redis() {
     let prefix = prefix();
-    let (addr_a, io_a, node_a) = node(&prefix).await;
-    let (addr_b, _io_b, node_b) = node(&prefix).await;
+    namespace_wide_emits(|| Broker::redis("redis://127.0.0.1:6379", &prefix)).await;
+}
+
+#[tokio::test]
+async fn namespace_wide_emits_reach_every_node_once_in_order_on_nats() {
+    let prefix = prefix();
+    namespace_wide_emits(|| {
+        let mut config = NatsConfig::default();
+        config.url = "nats://127.0.0.1:4222".into();
+        config.prefix = prefix.clone();
+        Broker::Nats(config)
+    })
+    .await;
+}
+
+/// Two nodes on the broker `broker` makes.
+async fn namespace_wide_emits(broker: impl Fn() -> Broker) {
+    let (addr_a, io_a, node_a) = node(broker()).await;
+    let (addr_b, _io_b, node_b) = node(broker()).await;
     let mut a1 = SioClient::connect(addr_a, "/").await;
     let mut a2 = SioClient::connect(addr_a, "/").await;
     let mut b1 = SioClient::connect(addr_b, "/").await;
