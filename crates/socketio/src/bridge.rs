@@ -113,10 +113,10 @@ async fn send_broadcasts(hub: Hub, topic: String, mut rx: mpsc::UnboundedReceive
                 return;
             }
         } else {
-            while let Ok(item) = rx.try_recv() {
-                received.push(item);
-                if received.len() >= MAX_BROADCAST_BATCH {
-                    break;
+            while queued.len() + received.len() < MAX_BROADCAST_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => received.push(item),
+                    Err(_) => break,
                 }
             }
         }
@@ -124,7 +124,9 @@ async fn send_broadcasts(hub: Hub, topic: String, mut rx: mpsc::UnboundedReceive
         let mut data = String::from("[");
         let mut n = 0;
         while let Some(item) = queued.front() {
-            if n > 0 && data.len() + item.len() > MAX_BROADCAST_BATCH_BYTES {
+            if n == MAX_BROADCAST_BATCH
+                || (n > 0 && data.len() + item.len() > MAX_BROADCAST_BATCH_BYTES)
+            {
                 break;
             }
             if n > 0 {
@@ -756,6 +758,41 @@ mod tests {
         assert_eq!(decode_offset(&encode_offset(&p)), Some(p));
         assert_eq!(decode_offset("!!"), None);
         assert_eq!(decode_offset(&"A".repeat(MAX_OFFSET_LEN + 1)), None);
+    }
+
+    #[tokio::test]
+    async fn broadcasts_reach_the_relay_in_order_in_bounded_batches() {
+        let hub = Hub::new(
+            switchboard_hub::HubConfig::default(),
+            Arc::new(switchboard_hub::MemoryBroker::new()),
+            "node".into(),
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        hub.on_relay(
+            "socketio-broadcast/p/",
+            Arc::new(move |data: String| {
+                let _ = tx.send(data);
+            }),
+        );
+        let broadcasts = Broadcasts::new("/p/");
+        let big = "x".repeat(MAX_BROADCAST_BATCH_BYTES);
+        let n = 2 * MAX_BROADCAST_BATCH + 10;
+        for i in 0..n {
+            let item = if i == 5 { json!([i, big]) } else { json!([i]) };
+            broadcasts.send(&hub, item.to_string());
+        }
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let batch = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a batch in time")
+                .expect("relay open");
+            let items: Vec<Value> = serde_json::from_str(&batch).unwrap();
+            assert!(items.len() <= MAX_BROADCAST_BATCH);
+            assert!(items.len() == 1 || batch.len() <= MAX_BROADCAST_BATCH_BYTES + 2);
+            seen.extend(items.iter().map(|v| v[0].as_u64().unwrap()));
+        }
+        assert_eq!(seen, (0..n as u64).collect::<Vec<_>>());
     }
 
     #[test]
