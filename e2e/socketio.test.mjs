@@ -159,6 +159,38 @@ describe('socket.io-client against the binary', () => {
     native.disconnect();
   });
 
+  test('room events carry their arguments unchanged (key order too), over WebSocket and polling', async () => {
+    const r = room();
+    const a = await connect(server, { transports: ['websocket'] });
+    const ws = await connect(server, { transports: ['websocket'] });
+    const polling = await connect(server, { transports: ['polling'], upgrade: false });
+    sockets.push(a, ws, polling);
+    for (const s of [a, ws, polling]) assert.deepEqual(await s.timeout(5000).emitWithAck('join', r), {});
+    const sent = [{ z: 1, a: { y: 'é', b: [3, 2.5, null] }, m: true }, 'two', 3];
+    const atWs = next(ws, 'shape');
+    const atPolling = next(polling, 'shape');
+    assert.deepEqual(await a.timeout(5000).emitWithAck('broadcast', r, 'shape', ...sent), {});
+    for (const got of [await atWs, await atPolling]) {
+      assert.equal(JSON.stringify(got), JSON.stringify(sent));
+    }
+    // Several publications in a row reach every socket, in order.
+    const want = Array.from({ length: 20 }, (_, i) => ({ s: i, t: 20 - i }));
+    const seen = [ws, polling].map((s) => {
+      const got = [];
+      s.on('seq', (v) => got.push(v));
+      return got;
+    });
+    for (const v of want) a.emit('broadcast', r, 'seq', v);
+    await withTimeout(
+      (async () => {
+        while (seen.some((g) => g.length < want.length)) await new Promise((res) => setTimeout(res, 20));
+      })(),
+      5000,
+      'not every seq event arrived',
+    );
+    for (const got of seen) assert.equal(JSON.stringify(got), JSON.stringify(want));
+  });
+
   test('namespace permissions apply: /readonly rooms can be joined but not broadcast to', async () => {
     const s = await connect(server, { transports: ['websocket'] }, '/readonly');
     sockets.push(s);

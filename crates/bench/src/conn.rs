@@ -6,8 +6,12 @@
 //!   sends one `publish` command per WebSocket frame.
 //! - `raw`: a peer that broadcasts every text frame it receives to every other client. The
 //!   publisher sends the payload itself as a text frame; subscribers only connect.
-//! - `socketio`: Engine.IO v4 over WebSocket + Socket.IO v5 on the default namespace. The
-//!   publisher emits `bench` events; the peer re-broadcasts them to every other socket.
+//! - `socketio`: Engine.IO v4 over WebSocket + Socket.IO v5 on the default namespace, with the
+//!   two events of Switchboard's standalone Socket.IO semantics (docs/SOCKETIO.md), which the
+//!   Node peer implements the same way: subscribers emit `join` with the channel as the room
+//!   and wait for its ack (`420["join","bench"]` -> `430[...]`); the publisher emits
+//!   `42["broadcast","bench","bench",PAYLOAD]`, and everyone else in the room receives
+//!   `42["bench",PAYLOAD]`. So both servers receive byte-identical client traffic.
 //!
 //! The payload is always the JSON object `{"s":SEQ,"t":SEND_NS,"p":"xx.."}`; subscribers find
 //! it by the `{"s":` marker without parsing the rest of the frame.
@@ -37,7 +41,8 @@ pub(crate) enum Target {
     Switchboard,
     /// A broadcast-every-text-frame peer (Node `ws`, tokio-tungstenite).
     Raw,
-    /// A Socket.IO v5 server that re-broadcasts `bench` events.
+    /// A Socket.IO v5 server with `join` (with ack) and `broadcast` events (Switchboard's
+    /// `/socket.io/`, or the Node peer that implements the same two events).
     Socketio,
 }
 
@@ -139,7 +144,10 @@ impl Endpoint {
                 wait_reply(&mut ws, 2).await?;
             }
             Target::Raw => {}
-            Target::Socketio => socketio_open(&mut ws).await?,
+            Target::Socketio => {
+                socketio_open(&mut ws).await?;
+                socketio_join(&mut ws, channel).await?;
+            }
         }
         Ok(ws)
     }
@@ -281,6 +289,34 @@ async fn socketio_open(ws: &mut Ws) -> anyhow::Result<()> {
     }
 }
 
+/// Joins `room` with an acknowledgement (`420["join",ROOM]`) and waits for it (`430[...]`);
+/// fails when the ack carries an `error`.
+async fn socketio_join(ws: &mut Ws, room: &str) -> anyhow::Result<()> {
+    let room = serde_json::to_string(room)?;
+    ws.send(Message::text(format!("420[\"join\",{room}]")))
+        .await?;
+    loop {
+        match ws.recv().await? {
+            Some(Message::Text(t)) if t.starts_with(b"430[") => {
+                if memchr::memmem::find(&t, b"\"error\"").is_some() {
+                    bail!("join refused: {}", String::from_utf8_lossy(&t));
+                }
+                return Ok(());
+            }
+            Some(Message::Text(t)) if &t[..] == b"2" => ws.send(Message::text("3")).await?,
+            Some(Message::Text(t)) if t.starts_with(b"41") || t.starts_with(b"1") => {
+                bail!(
+                    "socket.io disconnected while joining: {}",
+                    String::from_utf8_lossy(&t)
+                )
+            }
+            Some(Message::Close(c)) => bail!("server closed the connection: {c:?}"),
+            Some(_) => {}
+            None => bail!("connection closed while joining"),
+        }
+    }
+}
+
 /// Builds the payload object for message `seq` sent at `t_ns`, padded to `size` bytes.
 pub(crate) fn payload(seq: u64, t_ns: u64, size: usize, out: &mut Vec<u8>) {
     let start = out.len();
@@ -313,7 +349,11 @@ pub(crate) fn publish_frame(target: Target, id: u32, channel: &str, payload: &[u
         }
         Target::Raw => f.extend_from_slice(payload),
         Target::Socketio => {
-            f.extend_from_slice(b"42[\"bench\",");
+            // Channel names are plain (the tool makes them), but quote them properly anyway.
+            let room = serde_json::to_string(channel).unwrap_or_else(|_| "\"\"".to_owned());
+            f.extend_from_slice(b"42[\"broadcast\",");
+            f.extend_from_slice(room.as_bytes());
+            f.extend_from_slice(b",\"bench\",");
             f.extend_from_slice(payload);
             f.push(b']');
         }
@@ -457,8 +497,13 @@ mod tests {
         );
         assert!(s.ping);
         let frame = publish_frame(Target::Socketio, 1, "bench", &p);
+        assert!(frame.starts_with(b"42[\"broadcast\",\"bench\",\"bench\",{\"s\":42,"));
+        // What a subscriber receives: the event with the payload, byte for byte.
+        let delivered = format!("42[\"bench\",{}]", String::from_utf8_lossy(&p));
         got.clear();
-        scan(Target::Socketio, &frame, &mut s, |st| got.push(st));
+        scan(Target::Socketio, delivered.as_bytes(), &mut s, |st| {
+            got.push(st)
+        });
         assert_eq!(got.len(), 1);
         got.clear();
         scan(Target::Raw, &p, &mut s, |st| got.push(st));

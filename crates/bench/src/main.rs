@@ -16,8 +16,8 @@
 //! stderr and exactly one JSON object per run to stdout, so scripts can parse stdout.
 //!
 //! Targets: `switchboard` (native protocol), `raw` (a peer that broadcasts every text frame
-//! it receives to every other client) and `socketio` (Engine.IO v4 / Socket.IO v5, the peer
-//! re-broadcasts `bench` events).
+//! it receives to every other client) and `socketio` (Engine.IO v4 / Socket.IO v5: subscribers
+//! `join` the channel's room, the publisher emits `broadcast` into it).
 
 mod churn;
 mod conn;

@@ -17,6 +17,12 @@
 //! `chat:R` (`:` is the hub's namespace separator), so the namespace options of `chat` govern
 //! who may join and broadcast there. A socket does not get its own broadcasts back (Socket.IO's
 //! `socket.to(room).emit` semantics).
+//!
+//! A room publication is converted into its Socket.IO event once, not once per socket, and its
+//! arguments pass through as raw JSON (see [`fanout`]); with recovery on, each socket's events
+//! carry its own offset, so each is encoded apart.
+
+mod fanout;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::{poll_fn, Future as _};
@@ -30,6 +36,7 @@ use serde_json::{json, Value};
 use switchboard_hub::{Client, Drained, Hub, TransportInfo};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::engine::SharedMessage;
 use crate::sio::{ConnectError, Handlers, Payload, Socket};
 
 const TRANSPORT: TransportInfo = TransportInfo::new("socketio", false);
@@ -234,12 +241,15 @@ impl HubBridge {
             };
             // Queued here, in the order the events arrived; only the wait for the reply is
             // spawned.
-            let (reply, rx) = oneshot::channel();
+            let (reply, rx) = match ack {
+                Some(_) => {
+                    let (reply, rx) = oneshot::channel();
+                    (Some(reply), Some(rx))
+                }
+                None => (None, None),
+            };
             let frame = event_command(socket.ns(), &name, payload.args);
-            let queued = tx.try_send(Command {
-                frame,
-                reply: Some(reply),
-            });
+            let queued = tx.try_send(Command { frame, reply });
             if queued.is_err() {
                 if let Some(ack) = ack {
                     ack.send(vec![
@@ -248,12 +258,14 @@ impl HubBridge {
                 }
                 return;
             }
-            tokio::spawn(async move {
-                let result = rx.await.map_err(|_| ());
-                if let Some(ack) = ack {
+            // Without an ack nothing waits for the reply (an event a client emits without one
+            // gets no answer, whatever the hub replies).
+            if let (Some(ack), Some(rx)) = (ack, rx) {
+                tokio::spawn(async move {
+                    let result = rx.await.map_err(|_| ());
                     ack.send(vec![ack_value(&name, result)]);
-                }
-            });
+                });
+            }
         });
     }
 
@@ -525,12 +537,19 @@ async fn drive(
         pending: HashMap::new(),
         positions: BTreeMap::new(),
         recovery,
+        own: None,
+        shared: Vec::new(),
     };
     let mut batch: Vec<Bytes> = Vec::new();
+    // One timer for the task's life, moved only when the session's next deadline moves (a new
+    // timer per wake-up showed up in fan-out profiles).
+    let timer = tokio::time::sleep_until(client.next_deadline().into());
+    tokio::pin!(timer);
     loop {
-        let deadline = client.next_deadline();
-        let timer = tokio::time::sleep_until(deadline.into());
-        tokio::pin!(timer);
+        let deadline = tokio::time::Instant::from_std(client.next_deadline());
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         let event = poll_fn(|cx| {
             match out.poll_drain(cx, &mut batch, MAX_BATCH, true) {
                 Poll::Ready(Drained::Items) => return Poll::Ready(Event::Items),
@@ -570,10 +589,9 @@ async fn drive(
             }
             Event::Items => {
                 for item in batch.drain(..) {
-                    for line in item.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                        state.handle_item(line);
-                    }
+                    state.handle_frame(&item);
                 }
+                state.flush();
                 Ok(())
             }
             Event::Controls => client.apply_controls().await,
@@ -586,10 +604,9 @@ async fn drive(
             let _ =
                 poll_fn(|cx| Poll::Ready(out.poll_drain(cx, &mut rest, usize::MAX, false))).await;
             for item in rest {
-                for line in item.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    state.handle_item(line);
-                }
+                state.handle_frame(&item);
             }
+            state.flush();
             if state.socket.connected() {
                 if code.reconnect() {
                     // The node shuts down, or failed: the client reconnects (to another node),
@@ -618,6 +635,11 @@ struct DriveState {
     /// With recovery: the socket's rooms (channels) and the last position seen in each.
     positions: BTreeMap<String, (u64, String)>,
     recovery: bool,
+    /// The socket's hub client id, once the connect reply set it (see [`DriveState::own`]).
+    own: Option<Arc<str>>,
+    /// Room events of the frames handled so far, sent to the socket together by
+    /// [`DriveState::flush`] (before anything else is emitted, so the order stays).
+    shared: Vec<SharedMessage>,
 }
 
 /// The event that tells a recovering client where it is after a join or leave (its last
@@ -625,6 +647,31 @@ struct DriveState {
 pub const OFFSET_EVENT: &str = "sb:offset";
 
 impl DriveState {
+    /// One frame of the hub session's outbound queue: a room publication takes the shared
+    /// path (see [`fanout`]), anything else is handled line by line.
+    fn handle_frame(&mut self, item: &Bytes) {
+        if !self.recovery {
+            if let Some(event) = fanout::room_event(item, self.socket.ns()) {
+                let own = event.from.is_some() && self.own().is_some() && event.from == self.own;
+                if !own {
+                    self.shared.push(event.message);
+                }
+                return;
+            }
+        }
+        self.flush();
+        for line in item.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            self.handle_item(line);
+        }
+    }
+
+    /// Sends the room events collected by [`DriveState::handle_frame`], in one go.
+    fn flush(&mut self) {
+        if !self.shared.is_empty() {
+            self.socket.send_shared(self.shared.drain(..));
+        }
+    }
+
     /// One message of the hub session: a reply, a push, or a ping.
     fn handle_item(&mut self, line: &[u8]) {
         let Ok(v) = serde_json::from_slice::<Value>(line) else {
@@ -653,6 +700,17 @@ impl DriveState {
         } else if push.get("disconnect").is_some() {
             self.socket.disconnect();
         }
+    }
+
+    /// The socket's hub client id (read once from the socket's extension, where `connect`
+    /// stores it when the hub accepted the client).
+    fn own(&mut self) -> Option<&Arc<str>> {
+        if self.own.is_none() {
+            if let Some(Value::String(id)) = self.socket.extension("hub_client") {
+                self.own = Some(Arc::from(id));
+            }
+        }
+        self.own.as_ref()
     }
 
     /// Records a room's position from a subscribe reply (and emits what it recovered).
@@ -694,10 +752,11 @@ impl DriveState {
         ) {
             pos.0 = offset;
         }
-        let own = self.socket.extension("hub_client");
-        let from = publication.pointer("/info/client");
-        if own.is_some() && from.is_some() && own.as_ref() == from {
-            return;
+        let from = publication.pointer("/info/client").and_then(Value::as_str);
+        if let (Some(own), Some(from)) = (self.own(), from) {
+            if **own == *from {
+                return;
+            }
         }
         let data = publication.get("data").cloned().unwrap_or(Value::Null);
         let (event, mut args) = match (&data.get("event"), &data.get("args")) {

@@ -1,5 +1,10 @@
-// Node socket.io peer for scripts/bench/compare: re-broadcasts every `bench` event to every
-// other connected socket (`socket.broadcast.emit`). WebSocket transport only, no compression.
+// Node socket.io peer for scripts/bench/compare. It implements the two built-in events of
+// Switchboard's standalone Socket.IO semantics (docs/SOCKETIO.md) the same way, so that one
+// client load (switchboard-bench --target socketio) drives both servers with byte-identical
+// traffic:
+//   emit('join', room, ack)                     -> socket.join(room); ack({})
+//   emit('broadcast', room, event, ...args)     -> socket.to(room).emit(event, ...args)
+// WebSocket transport only, no compression.
 //
 //   node socketio-broadcast.mjs PORT
 import { createServer } from 'node:http';
@@ -15,8 +20,12 @@ const io = new Server(httpServer, {
 });
 
 io.on('connection', (socket) => {
-  socket.on('bench', (data) => {
-    socket.broadcast.emit('bench', data);
+  socket.on('join', (room, ack) => {
+    socket.join(String(room));
+    if (typeof ack === 'function') ack({});
+  });
+  socket.on('broadcast', (room, event, ...args) => {
+    socket.to(String(room)).emit(String(event), ...args);
   });
 });
 httpServer.listen(port, '127.0.0.1', () =>

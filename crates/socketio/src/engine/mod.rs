@@ -7,6 +7,6 @@ pub mod server;
 pub mod session;
 
 pub use config::EngineConfig;
-pub use packet::{DecodeError, Packet};
+pub use packet::{DecodeError, Packet, SharedMessage};
 pub use server::{Engine, EngineHandler};
 pub use session::{CloseReason, Data, EngineSocket, Transport};

@@ -24,12 +24,47 @@ pub enum Packet {
     Pong(String),
     /// `4`: an application text message.
     Message(String),
+    /// `4`: an application text message encoded once and shared by every session it is sent
+    /// to (a room publication); the server only sends it, a client's `4` decodes as
+    /// [`Packet::Message`].
+    Shared(SharedMessage),
     /// A binary application message.
     Binary(Bytes),
     /// `5`: completes an upgrade.
     Upgrade,
     /// `6`: no operation (ends a pending poll).
     Noop,
+}
+
+/// A `4` packet's text, type digit included, in a buffer shared by reference counting: one
+/// encoding of a room publication goes out to every socket in the room without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMessage(Bytes);
+
+impl SharedMessage {
+    /// The `4` packet carrying `data`.
+    pub fn new(data: &str) -> Self {
+        let mut b = Vec::with_capacity(data.len() + 1);
+        b.push(b'4');
+        b.extend_from_slice(data.as_bytes());
+        Self(b.into())
+    }
+
+    /// The packet's text (type digit included).
+    pub fn as_str(&self) -> &str {
+        // Invariant: built from `'4'` and a `&str` in `new`, so always UTF-8.
+        std::str::from_utf8(&self.0).expect("SharedMessage holds UTF-8")
+    }
+
+    /// The packet's bytes (type digit included), shared.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The packet's bytes (type digit included).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
 }
 
 /// Why a packet or payload could not be decoded.
@@ -76,6 +111,7 @@ impl Packet {
     pub fn to_ws(&self) -> WsFrame {
         match self {
             Packet::Binary(b) => WsFrame::Binary(b.clone()),
+            Packet::Shared(m) => WsFrame::SharedText(m.bytes().clone()),
             other => WsFrame::Text(other.to_text()),
         }
     }
@@ -106,6 +142,7 @@ impl Packet {
                 out.push('4');
                 out.push_str(d);
             }
+            Packet::Shared(m) => out.push_str(m.as_str()),
             Packet::Binary(b) => {
                 out.push('b');
                 base64::engine::general_purpose::STANDARD.encode_string(b, out);
@@ -120,6 +157,7 @@ impl Packet {
         match self {
             Packet::Open(d) | Packet::Ping(d) | Packet::Pong(d) | Packet::Message(d) => d.len() + 1,
             Packet::Binary(b) => 1 + b.len().div_ceil(3) * 4,
+            Packet::Shared(m) => m.bytes().len(),
             _ => 1,
         }
     }
@@ -130,6 +168,8 @@ impl Packet {
 pub enum WsFrame {
     /// A text frame.
     Text(String),
+    /// A text frame whose UTF-8 bytes are shared with other sessions.
+    SharedText(Bytes),
     /// A binary frame.
     Binary(Bytes),
 }
@@ -191,6 +231,22 @@ mod tests {
             Packet::decode_text("4héllo").unwrap(),
             Packet::Message("héllo".into())
         );
+    }
+
+    #[test]
+    fn shared_messages_encode_like_messages() {
+        let shared = Packet::Shared(SharedMessage::new("2[\"é\"]"));
+        let plain = Packet::Message("2[\"é\"]".into());
+        assert_eq!(shared.to_text(), plain.to_text());
+        assert_eq!(shared.wire_len(), plain.wire_len());
+        assert_eq!(
+            encode_payload(&[shared.clone(), plain.clone()]),
+            encode_payload(&[plain.clone(), plain])
+        );
+        match shared.to_ws() {
+            WsFrame::SharedText(b) => assert_eq!(&b[..], "42[\"é\"]".as_bytes()),
+            other => panic!("not shared: {other:?}"),
+        }
     }
 
     #[test]

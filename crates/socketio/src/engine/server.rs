@@ -451,7 +451,7 @@ impl Engine {
             self.new_sid_suffix(),
         );
         let open = self.handshake(&session.sid, false);
-        queue(&mut ws, &open);
+        queue(&mut ws, open);
         self.inner.handler.on_open(
             EngineSocket {
                 session: session.clone(),
@@ -489,7 +489,7 @@ impl Engine {
                         }
                     }
                     session.wake.notify_waiters();
-                    queue(&mut ws, &Packet::Pong("probe".into()));
+                    queue(&mut ws, Packet::Pong("probe".into()));
                     if ws.flush().await.is_err() {
                         break false;
                     }
@@ -634,7 +634,7 @@ async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin>(mut ws: WsSocket<IO>, sess
         let closed = {
             let mut st = session.state.lock();
             for p in session.drain(&mut st) {
-                queue(&mut ws, &p);
+                queue(&mut ws, p);
                 st.writing = true;
             }
             st.closed
@@ -679,10 +679,15 @@ async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin>(mut ws: WsSocket<IO>, sess
     let _ = ws.close(1000, "").await;
 }
 
-fn queue<IO>(ws: &mut WsSocket<IO>, p: &Packet) {
-    match p.to_ws() {
-        WsFrame::Text(t) => ws.queue_message(&Message::text(t)),
-        WsFrame::Binary(b) => ws.queue_message(&Message::Binary(b)),
+fn queue<IO>(ws: &mut WsSocket<IO>, p: Packet) {
+    match p {
+        // Shared with the other sockets of the room: no copy, no re-encoding.
+        Packet::Shared(m) => ws.queue_message(&Message::Text(m.into_bytes())),
+        p => match p.to_ws() {
+            WsFrame::Text(t) => ws.queue_message(&Message::text(t)),
+            WsFrame::SharedText(b) => ws.queue_message(&Message::Text(b)),
+            WsFrame::Binary(b) => ws.queue_message(&Message::Binary(b)),
+        },
     }
 }
 

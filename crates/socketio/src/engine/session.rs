@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::config::EngineConfig;
-use super::packet::Packet;
+use super::packet::{Packet, SharedMessage};
 
 /// How long a polling session closed by the client stays registered for its next poll.
 pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -345,9 +345,11 @@ impl Session {
             Packet::Binary(b) => Data::Binary(b),
             // Pings from a v4 client only come as probes (handled by the WebSocket); an open,
             // upgrade or noop from the client changes nothing.
-            Packet::Ping(_) | Packet::Open(_) | Packet::Upgrade | Packet::Noop => {
-                return self.state.lock().closed.is_none()
-            }
+            Packet::Ping(_)
+            | Packet::Open(_)
+            | Packet::Upgrade
+            | Packet::Noop
+            | Packet::Shared(_) => return self.state.lock().closed.is_none(),
         };
         let tx = self.state.lock().incoming.clone();
         match tx {
@@ -372,6 +374,12 @@ impl EngineSocket {
     /// Sends one message. Returns false when the session is closed.
     pub fn send(&self, data: Data) -> bool {
         self.session.push(std::iter::once(data.into_packet()))
+    }
+
+    /// Sends messages encoded once for many sessions (see [`SharedMessage`]), back to back.
+    /// Returns false when the session is closed.
+    pub fn send_shared(&self, messages: impl IntoIterator<Item = SharedMessage>) -> bool {
+        self.session.push(messages.into_iter().map(Packet::Shared))
     }
 
     /// Sends several messages back to back (nothing else is queued in between: a Socket.IO

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::namespace::{Namespace, Payload};
 use super::packet::{Packet, PacketType};
 use super::server::Bus;
-use crate::engine::{Data, EngineSocket};
+use crate::engine::{Data, EngineSocket, SharedMessage};
 
 /// A packet encoded for the wire: the text part and its attachments.
 #[derive(Debug, Clone)]
@@ -143,6 +143,12 @@ impl Socket {
         let first = std::iter::once(Data::Text(e.text.clone()));
         let bins = e.bins.iter().cloned().map(Data::Binary);
         self.0.engine.send_many(first.chain(bins))
+    }
+
+    /// Sends messages encoded once for many sockets (room publications, see
+    /// [`crate::bridge`]). Returns false when the client is gone.
+    pub(crate) fn send_shared(&self, m: impl IntoIterator<Item = SharedMessage>) -> bool {
+        self.0.engine.send_shared(m)
     }
 
     pub(crate) fn send_packet(&self, p: &Packet) -> bool {
