@@ -58,7 +58,9 @@ pub fn room_channel(ns: &str, room: &str) -> String {
     }
 }
 
-/// A command for a socket's hub session, with where its reply goes.
+/// A command for a socket's hub session, with where its reply goes. Boxed in the session's
+/// channel: the channel's first block of slots is allocated with it and kept for the socket's
+/// life, so the slots stay pointer-sized.
 struct Command {
     frame: Value,
     reply: Option<oneshot::Sender<Value>>,
@@ -187,7 +189,7 @@ fn deliver_broadcasts(io: &crate::sio::SocketIo, data: &str) {
 /// A socket's hub session: where its commands go, and its hub client id.
 #[derive(Clone)]
 struct HubSession {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Box<Command>>,
     client: String,
 }
 
@@ -249,7 +251,7 @@ impl HubBridge {
                 None => (None, None),
             };
             let frame = event_command(socket.ns(), &name, payload.args);
-            let queued = tx.try_send(Command { frame, reply });
+            let queued = tx.try_send(Box::new(Command { frame, reply }));
             if queued.is_err() {
                 if let Some(ack) = ack {
                     ack.send(vec![
@@ -319,7 +321,7 @@ impl HubBridge {
     /// missed (the publications are emitted by the session's task as the replies come in).
     /// Returns the private session id: the client's when every room was recovered (the client
     /// then sees `socket.recovered`), else a new one.
-    async fn recover(&self, tx: &mpsc::Sender<Command>, auth: &Value) -> String {
+    async fn recover(&self, tx: &mpsc::Sender<Box<Command>>, auth: &Value) -> String {
         let fresh = || uuid::Uuid::new_v4().simple().to_string();
         let (Some(pid), Some(offset)) = (
             auth.get("pid").and_then(Value::as_str),
@@ -381,7 +383,10 @@ impl HubBridge {
     fn send(&self, socket: &Socket, frame: Value) {
         let session = self.sessions.lock().get(socket.id()).cloned();
         if let Some(s) = session {
-            if s.tx.try_send(Command { frame, reply: None }).is_err() {
+            if s.tx
+                .try_send(Box::new(Command { frame, reply: None }))
+                .is_err()
+            {
                 tracing::debug!(
                     socket = socket.id(),
                     "socket.io: hub session busy, command dropped"
@@ -500,12 +505,12 @@ fn ack_value(name: &str, reply: Result<Value, ()>) -> Value {
 }
 
 /// Sends a command and waits for its reply.
-async fn command(tx: &mpsc::Sender<Command>, frame: Value) -> Result<Value, ()> {
+async fn command(tx: &mpsc::Sender<Box<Command>>, frame: Value) -> Result<Value, ()> {
     let (reply, rx) = oneshot::channel();
-    tx.send(Command {
+    tx.send(Box::new(Command {
         frame,
         reply: Some(reply),
-    })
+    }))
     .await
     .map_err(|_| ())?;
     rx.await.map_err(|_| ())
@@ -515,7 +520,7 @@ async fn command(tx: &mpsc::Sender<Command>, frame: Value) -> Result<Value, ()> 
 const MAX_BATCH: usize = 256;
 
 enum Event {
-    Command(Option<Command>),
+    Command(Option<Box<Command>>),
     Items,
     Controls,
     Closed(switchboard_proto::DisconnectCode),
@@ -527,7 +532,7 @@ enum Event {
 async fn drive(
     mut client: Box<Client>,
     socket: Socket,
-    mut rx: mpsc::Receiver<Command>,
+    mut rx: mpsc::Receiver<Box<Command>>,
     recovery: bool,
 ) {
     let out = client.outbound().clone();
@@ -585,7 +590,7 @@ async fn drive(
                 }
                 state.pending.insert(id, (cmd.reply.take(), tracked));
                 let frame = cmd.frame.to_string();
-                client.handle_frame(frame.as_bytes(), Instant::now()).await
+                Box::pin(client.handle_frame(frame.as_bytes(), Instant::now())).await
             }
             Event::Items => {
                 for item in batch.drain(..) {
@@ -594,8 +599,10 @@ async fn drive(
                 state.flush();
                 Ok(())
             }
-            Event::Controls => client.apply_controls().await,
-            Event::Timer => client.on_timer(Instant::now()).await,
+            // The session's futures may be large (brokers, proxies): boxed while they run, so
+            // that the parked task of an idle socket stays small.
+            Event::Controls => Box::pin(client.apply_controls()).await,
+            Event::Timer => Box::pin(client.on_timer(Instant::now())).await,
             Event::Closed(code) => Err(code),
         };
         if let Err(code) = result {
@@ -809,6 +816,70 @@ fn decode_offset(s: &str) -> Option<BTreeMap<String, (u64, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An idle socket is four parked tasks (the WebSocket, the heartbeat, the Socket.IO
+    /// connection and the hub session): keep them small (and see docs/BENCHMARKS.md, "Socket.IO").
+    #[tokio::test]
+    async fn parked_tasks_are_small() {
+        use crate::engine::{session::Registry, EngineConfig, EngineSocket, Transport};
+        use std::time::Duration;
+        use switchboard_ws::{Role, WsConfig, WsSocket};
+
+        let hub = Hub::new(
+            switchboard_hub::HubConfig::default(),
+            Arc::new(switchboard_hub::MemoryBroker::new()),
+            "t".into(),
+        );
+        let registry = Arc::new(Registry::default());
+        let (session, incoming) =
+            registry.create(Transport::WebSocket, &EngineConfig::default(), None);
+        let (io, _peer) = tokio::io::duplex(64);
+        let ws = WsSocket::new(io, Role::Server, WsConfig::default());
+        let engine = EngineSocket {
+            session: session.clone(),
+        };
+        let sio = crate::sio::SocketIo::new(crate::sio::SioConfig::default());
+        sio.ns("/", |_| {});
+        let socket = Socket::new(
+            sio.of("/").expect("namespace /"),
+            engine.clone(),
+            Value::Null,
+            None,
+            None,
+        );
+        let (_tx, rx) = mpsc::channel(1);
+        let client = Box::new(hub.accept(TRANSPORT).expect("accepted"));
+        let sizes = [
+            (
+                "websocket",
+                std::mem::size_of_val(&crate::engine::server::serve_ws(ws, session.clone())),
+            ),
+            (
+                "heartbeat",
+                std::mem::size_of_val(&crate::engine::session::heartbeat(
+                    session.clone(),
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                )),
+            ),
+            (
+                "socket.io connection",
+                std::mem::size_of_val(&crate::sio::server::run_connection(
+                    sio.clone(),
+                    engine,
+                    incoming,
+                )),
+            ),
+            (
+                "hub session",
+                std::mem::size_of_val(&drive(client, socket, rx, false)),
+            ),
+        ];
+        eprintln!("parked tasks: {sizes:?}");
+        for (name, size) in sizes {
+            assert!(size <= 1024, "the {name} task takes {size} bytes");
+        }
+    }
 
     #[test]
     fn offsets_round_trip_and_refuse_garbage() {

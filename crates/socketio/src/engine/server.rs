@@ -626,7 +626,10 @@ async fn poll(session: Arc<Session>, max_bytes: usize) -> Response {
 }
 
 /// Drives a session over its WebSocket until either ends.
-async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin>(mut ws: WsSocket<IO>, session: Arc<Session>) {
+pub(crate) async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WsSocket<IO>,
+    session: Arc<Session>,
+) {
     loop {
         let notified = session.wake.notified();
         tokio::pin!(notified);
@@ -673,7 +676,9 @@ async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin>(mut ws: WsSocket<IO>, sess
             Ok(Some(_)) => continue,
             Ok(None) | Err(_) => break,
         };
-        session.receive(packet).await;
+        // Boxed while it runs (it may wait for room in the application's queue): the parked
+        // task of an idle connection stays small.
+        Box::pin(session.receive(packet)).await;
     }
     session.close(CloseReason::TransportError);
     let _ = ws.close(1000, "").await;

@@ -182,7 +182,7 @@ fn new_sid() -> String {
     s
 }
 
-async fn heartbeat(
+pub(crate) async fn heartbeat(
     session: Arc<Session>,
     interval: std::time::Duration,
     timeout: std::time::Duration,

@@ -296,7 +296,11 @@ struct Connection {
     partial: Option<Packet>,
 }
 
-async fn run_connection(io: SocketIo, engine: EngineSocket, mut incoming: mpsc::Receiver<Data>) {
+pub(crate) async fn run_connection(
+    io: SocketIo,
+    engine: EngineSocket,
+    mut incoming: mpsc::Receiver<Data>,
+) {
     let timeout = tokio::time::sleep(io.inner.config.connect_timeout);
     tokio::pin!(timeout);
     let mut conn = Connection {
@@ -316,7 +320,9 @@ async fn run_connection(io: SocketIo, engine: EngineSocket, mut incoming: mpsc::
             }
         };
         let Some(data) = data else { break };
-        if let Err(e) = conn.handle(data).await {
+        // Boxed while it runs (a CONNECT awaits the middlewares): the parked task of an idle
+        // connection stays small.
+        if let Err(e) = Box::pin(conn.handle(data)).await {
             tracing::debug!(sid = conn.engine.sid(), error = %e, "socket.io: bad packet, closing");
             conn.engine.close();
             break;
