@@ -672,10 +672,11 @@ impl DriveState {
         }
     }
 
-    /// Sends the room events collected by [`DriveState::handle_frame`], in one go.
+    /// Sends the room events collected by [`DriveState::handle_frame`], in one go (the list is
+    /// given away, so an idle socket keeps no buffer).
     fn flush(&mut self) {
         if !self.shared.is_empty() {
-            self.socket.send_shared(self.shared.drain(..));
+            self.socket.send_shared(std::mem::take(&mut self.shared));
         }
     }
 
