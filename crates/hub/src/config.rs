@@ -22,6 +22,38 @@ pub struct HubConfig {
     pub proxy: crate::proxy::ProxyConfig,
 }
 
+/// `client.write_delay`: adaptive (`"auto"`) or a fixed duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteDelay {
+    /// Chosen from the node's load by the [`crate::pacer::Pacer`].
+    #[default]
+    Auto,
+    /// Always this delay (zero: every write at once).
+    Fixed(Duration),
+}
+
+impl<'de> Deserialize<'de> for WriteDelay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().eq_ignore_ascii_case("auto") {
+            return Ok(WriteDelay::Auto);
+        }
+        humantime_serde::re::humantime::parse_duration(text.trim())
+            .map(WriteDelay::Fixed)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "write_delay: \"auto\" or a duration such as \"5ms\" ({e})"
+                ))
+            })
+    }
+}
+
+impl From<Duration> for WriteDelay {
+    fn from(d: Duration) -> Self {
+        WriteDelay::Fixed(d)
+    }
+}
+
 /// Limits and timings for client connections.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,10 +82,10 @@ pub struct ClientConfig {
     /// the connection (WebSocket close 1009). Default 64 KiB.
     pub max_message_size: usize,
     /// Minimum time between two writes to one connection while messages keep coming; messages
-    /// arriving sooner wait and go out together in one frame. 0 (default) writes at once.
-    /// A few milliseconds trade that much latency for far fewer system calls under heavy fan-out.
-    #[serde(with = "humantime_serde")]
-    pub write_delay: Duration,
+    /// arriving sooner wait and go out together in one frame. `"auto"` (default) adapts it to
+    /// the node's load (zero while the node keeps up, up to 20 ms when it is saturated; see
+    /// [`crate::pacer`]); a duration fixes it (`"0s"`: always write at once).
+    pub write_delay: WriteDelay,
     /// Maximum simultaneous connections on this node; 0 = unlimited. Default 0. New connections
     /// beyond it are closed with 3504 "connection limit".
     pub max_connections: usize,
@@ -130,7 +162,7 @@ impl Default for ClientConfig {
             max_channels: 128,
             max_queue_bytes: 1024 * 1024,
             max_message_size: 64 * 1024,
-            write_delay: Duration::ZERO,
+            write_delay: WriteDelay::Auto,
             max_connections: 0,
             max_commands_per_second: 0,
             max_connections_per_user: 0,

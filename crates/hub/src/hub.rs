@@ -168,6 +168,8 @@ pub(crate) struct Inner {
     pub(crate) relays: crate::relay::Relays,
     shutting_down: AtomicBool,
     started: std::time::Instant,
+    /// The write coalescing delay of the node's connections.
+    pacer: Arc<crate::pacer::Pacer>,
 }
 
 /// Statistics of one node, as reported by the server API's `info`.
@@ -255,6 +257,7 @@ impl Hub {
                 connect_tokens,
                 subscription_tokens,
                 namespaces: Namespaces::new(&config.channel),
+                pacer: Arc::new(crate::pacer::Pacer::new(config.client.write_delay)),
                 config,
                 registry,
                 broker,
@@ -275,7 +278,14 @@ impl Hub {
         });
         let hub = Self { inner };
         hub.spawn_node_announcements();
+        crate::pacer::Pacer::spawn_monitor(&hub.inner.pacer);
         hub
+    }
+
+    /// The write coalescing delay of this node's connections (`client.write_delay`; see
+    /// [`crate::pacer`]).
+    pub fn pacer(&self) -> &Arc<crate::pacer::Pacer> {
+        &self.inner.pacer
     }
 
     /// Announces this node to the cluster every [`NODE_INFO_INTERVAL`] while the hub lives

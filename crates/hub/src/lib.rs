@@ -46,6 +46,7 @@ mod interest;
 mod memory;
 mod metrics;
 mod outbound;
+pub mod pacer;
 pub mod proxy;
 mod registry;
 pub mod relay;
@@ -56,7 +57,9 @@ pub use broker::{
     PublishOptions,
 };
 pub use channel::NAMESPACE_SEPARATOR;
-pub use config::{ChannelConfig, ClientConfig, HubConfig, NamespaceOptions, PersonalChannelConfig};
+pub use config::{
+    ChannelConfig, ClientConfig, HubConfig, NamespaceOptions, PersonalChannelConfig, WriteDelay,
+};
 pub use handlers::Handlers;
 pub use hub::{Hub, NodeInfo, NodeStats, PublishParams, TransportInfo};
 pub use memory::{MemoryBroker, DEFAULT_META_TTL};

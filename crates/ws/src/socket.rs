@@ -635,6 +635,75 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
         }
     }
 
+    /// Writes one text frame made of `parts` (joined by `separator`), then flushes: the same as
+    /// [`WsSocket::queue_text_batch`] followed by [`WsSocket::poll_flush`], without queueing
+    /// when it can. When nothing is queued (server role, no compression, the frame fits the
+    /// write buffer) the frame is gathered straight into the thread's write buffer and written
+    /// with one system call: no queue entries, no reference counts taken on the parts. What the
+    /// socket does not take is queued (`Pending`; finish it with [`WsSocket::poll_flush`]).
+    pub fn poll_write_text_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        parts: &[Bytes],
+        separator: Option<u8>,
+    ) -> Poll<Result<(), WsError>> {
+        let seps = match separator {
+            Some(_) => parts.len().saturating_sub(1),
+            None => 0,
+        };
+        let total = parts.iter().map(Bytes::len).sum::<usize>() + seps;
+        let direct = !self.close_sent
+            && self.pending.is_empty()
+            && self.compress_window.is_none()
+            && matches!(self.role, Role::Server)
+            && total + MAX_HEADER_LEN <= WRITE_SCRATCH;
+        if !direct {
+            self.queue_data(OpCode::Text, parts, separator);
+            return self.poll_flush(cx);
+        }
+        let mut scratch = WRITE_BUF.with(Cell::take);
+        scratch.clear();
+        scratch.reserve(WRITE_SCRATCH);
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let mut rest = &mut header[..];
+        encode_header(OpCode::Text, true, total as u64, None, &mut rest);
+        let header_len = MAX_HEADER_LEN - rest.len();
+        scratch.extend_from_slice(&header[..header_len]);
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                if let Some(sep) = separator {
+                    scratch.push(sep);
+                }
+            }
+            scratch.extend_from_slice(part);
+        }
+        let result = self.write_scratch(cx, &scratch);
+        scratch.clear();
+        WRITE_BUF.with(|c| c.set(scratch));
+        ready!(result)?;
+        Pin::new(&mut self.io).poll_flush(cx).map_err(WsError::Io)
+    }
+
+    /// Writes `bytes`; queues what the socket does not take (then `Pending`).
+    fn write_scratch(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<Result<(), WsError>> {
+        let mut off = 0;
+        while off < bytes.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &bytes[off..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                Poll::Ready(Ok(n)) => off += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {
+                    let rest = Bytes::copy_from_slice(&bytes[off..]);
+                    self.pending.push_back(Chunk::Shared(rest));
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Writes queued frames, then flushes the IO.
     ///
     /// Small pieces are gathered into a thread-local buffer and written from there; large

@@ -60,6 +60,57 @@ async fn text_binary_and_batches() {
     assert!(client.is_idle());
 }
 
+/// `poll_write_text_batch` writes at once when it can, queues the rest of a partial write,
+/// and keeps frames in order behind anything already queued.
+#[tokio::test]
+async fn direct_batch_writes_through_a_small_pipe() {
+    let (mut server, mut client) = pair(1024, WsConfig::default());
+    let parts: Vec<Bytes> = (0..40)
+        .map(|i| Bytes::from(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(90))))
+        .collect();
+    let expected = parts
+        .iter()
+        .map(|p| String::from_utf8(p.to_vec()).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    // More than the pipe holds: part written, the rest queued.
+    let first =
+        poll_fn(|cx| std::task::Poll::Ready(server.poll_write_text_batch(cx, &parts, Some(b'\n'))))
+            .await;
+    assert!(first.is_pending());
+    assert!(server.has_pending_writes());
+    // A second batch while the first is queued goes behind it.
+    let second = poll_fn(|cx| {
+        std::task::Poll::Ready(server.poll_write_text_batch(cx, &parts[..2], Some(b'\n')))
+    })
+    .await;
+    assert!(second.is_pending());
+    let reader = tokio::spawn(async move {
+        let a = client.recv().await.unwrap();
+        let b = client.recv().await.unwrap();
+        (client, a, b)
+    });
+    server.flush().await.unwrap();
+    let (mut client, a, b) = reader.await.unwrap();
+    assert_eq!(a, Some(Message::text(expected)));
+    let two = format!(
+        "{}\n{}",
+        String::from_utf8(parts[0].to_vec()).unwrap(),
+        String::from_utf8(parts[1].to_vec()).unwrap()
+    );
+    assert_eq!(b, Some(Message::text(two)));
+    // Nothing queued and room in the pipe: written at once.
+    let third =
+        poll_fn(|cx| std::task::Poll::Ready(server.poll_write_text_batch(cx, &parts[..1], None)))
+            .await;
+    assert!(matches!(third, std::task::Poll::Ready(Ok(()))));
+    assert!(!server.has_pending_writes());
+    assert_eq!(
+        client.recv().await.unwrap(),
+        Some(Message::text(String::from_utf8(parts[0].to_vec()).unwrap()))
+    );
+}
+
 #[tokio::test]
 async fn poll_read_messages_batches() {
     let (mut server, mut client) = pair(64 << 10, WsConfig::default());

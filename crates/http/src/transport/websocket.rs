@@ -11,8 +11,11 @@
 //!
 //! Writes are coalesced: everything queued since the last write goes out as one text frame of
 //! newline-separated JSON messages (up to [`MAX_BATCH_ITEMS`] messages per frame). While the
-//! socket cannot take more bytes, the queue is not drained, so a client that does not read makes
-//! its queue grow until the hub disconnects it with 3008 "slow".
+//! node is busy, a connection that wrote less than the node's write delay ago waits for the rest
+//! of it before writing again (`switchboard_hub::pacer`: adaptive by default, zero on a node
+//! that keeps up; `client.write_delay` fixes it). While the socket cannot take more bytes, the
+//! queue is not drained, so a client that does not read makes its queue grow until the hub
+//! disconnects it with 3008 "slow".
 
 use std::collections::VecDeque;
 use std::fmt::Display;
@@ -245,7 +248,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let out = client.outbound().clone();
-    let write_delay = client.write_delay();
+    let pacer = client.pacer().clone();
     // The session's next deadline as of when the timer was armed: a timer that fires before it
     // only ends a write hold.
     let mut deadline = client.next_deadline();
@@ -256,7 +259,8 @@ where
     // Messages read but not handled yet, oldest first.
     let mut pending: VecDeque<Message> = VecDeque::new();
     tokio::pin!(timer);
-    // With a write delay: when the last write was, and until when queued messages wait.
+    // While the node delays writes (see `switchboard_hub::pacer`): when the last write was,
+    // and until when queued messages wait.
     let mut last_write: Option<Instant> = None;
     let mut hold_until: Option<Instant> = None;
     loop {
@@ -294,12 +298,16 @@ where
             Some(event) => event,
             None => {
                 poll_fn(|cx| {
-                    if hold_until.is_none()
-                        && !write_delay.is_zero()
-                        && !socket.has_pending_writes()
-                    {
-                        if let Some(next) = last_write.map(|t| t + write_delay) {
-                            if out.poll_ready(cx).is_ready() && Instant::now() < next {
+                    // A connection that wrote less than the node's write delay ago waits
+                    // for the rest of it, so that what comes meanwhile goes out in one write.
+                    if let Some(last) = last_write.filter(|_| hold_until.is_none()) {
+                        let delay = pacer.delay();
+                        if !delay.is_zero()
+                            && !socket.has_pending_writes()
+                            && out.poll_ready(cx).is_ready()
+                        {
+                            let next = last + delay;
+                            if Instant::now() < next {
                                 return Poll::Ready(Event::Hold(next));
                             }
                         }
@@ -355,13 +363,14 @@ where
             }
             Event::Outbound => {
                 metrics.written(batch.len() as u64, batch_bytes(&batch));
-                socket.queue_text_batch(&batch, Some(b'\n'));
+                let written = poll_fn(|cx| {
+                    Poll::Ready(socket.poll_write_text_batch(cx, &batch, Some(b'\n')))
+                })
+                .await;
                 release(&mut batch);
-                if !write_delay.is_zero() {
-                    last_write = Some(Instant::now());
-                }
-                if let Poll::Ready(Err(e)) = poll_fn(|cx| Poll::Ready(socket.poll_flush(cx))).await
-                {
+                // Only a node that delays writes needs the time of this one.
+                last_write = (!pacer.delay().is_zero()).then(Instant::now);
+                if let Poll::Ready(Err(e)) = written {
                     tracing::debug!(error = %e, "write failed");
                     return (Ending::Gone, session);
                 }

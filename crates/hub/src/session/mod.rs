@@ -291,10 +291,10 @@ impl Client {
         self.connected
     }
 
-    /// The configured minimum time between writes while messages keep coming
-    /// (`client.write_delay`).
-    pub fn write_delay(&self) -> Duration {
-        self.hub.config().client.write_delay
+    /// The node's write coalescing delay (`client.write_delay`, adaptive by default): how long
+    /// the transport waits after a write before the next while messages keep coming.
+    pub fn pacer(&self) -> &Arc<crate::pacer::Pacer> {
+        self.hub.pacer()
     }
 
     /// The queue the transport writes from.
