@@ -45,16 +45,58 @@ pub struct TransportMetrics {
     connections: AtomicI64,
     accepted: AtomicU64,
     messages_in: AtomicU64,
-    messages_out: AtomicU64,
-    bytes_out: AtomicU64,
+    written: Striped,
+}
+
+/// Stripes of [`Striped`]: more than the worker threads of a typical node.
+const STRIPES: usize = 8;
+
+/// Messages and bytes written, counted per write by every worker thread at once: spread over
+/// stripes of their own cache line (each thread counts into its own stripe), so that writers on
+/// different cores never contend for one line. Reading sums the stripes.
+#[derive(Debug, Default)]
+struct Striped {
+    stripes: [Stripe; STRIPES],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Striped {
+    fn add(&self, messages: u64, bytes: u64) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static STRIPE: usize = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % STRIPES;
+        }
+        let stripe = &self.stripes[STRIPE.with(|s| *s)];
+        stripe.messages.fetch_add(messages, Ordering::Relaxed);
+        stripe.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn messages(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.messages.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 impl TransportMetrics {
     /// Counts `messages` (replies and pushes) of `bytes` bytes written to clients; the
     /// transports call it once per write.
     pub fn written(&self, messages: u64, bytes: u64) {
-        self.messages_out.fetch_add(messages, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        self.written.add(messages, bytes);
     }
 
     /// Current number of connections over this transport.
@@ -311,13 +353,13 @@ impl Metrics {
                 "switchboard_transport_messages_out_total",
                 "Protocol messages (replies and pushes) written by transport.",
                 "counter",
-                |t| t.messages_out.load(Ordering::Relaxed) as i64,
+                |t| t.written.messages() as i64,
             ),
             (
                 "switchboard_transport_bytes_out_total",
                 "Message bytes written by transport (before framing).",
                 "counter",
-                |t| t.bytes_out.load(Ordering::Relaxed) as i64,
+                |t| t.written.bytes() as i64,
             ),
         ];
         for (name, help, kind, value) in families {

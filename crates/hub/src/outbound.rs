@@ -79,6 +79,10 @@ struct State {
     items: VecDeque<Bytes>,
     bytes: usize,
     waker: Option<Waker>,
+    /// Queued bytes from which a push wakes the consumer (0: any push). A consumer that holds
+    /// its writes ([`Outbound::poll_hold`]) sets it, so that it is woken only once the queue
+    /// holds enough to write at once.
+    wake_at: usize,
     closed: Option<DisconnectCode>,
 }
 
@@ -131,7 +135,11 @@ impl Outbound {
                 state.items.push_back(item);
                 outcome = PushOutcome::Queued;
             }
-            waker = state.waker.take();
+            waker = if state.bytes >= state.wake_at || state.closed.is_some() {
+                state.waker.take()
+            } else {
+                None
+            };
         }
         if let Some(w) = waker {
             w.wake();
@@ -273,10 +281,7 @@ impl Outbound {
         if let Some(code) = state.closed {
             return Poll::Ready(Drained::Closed(code));
         }
-        match &mut state.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        register(&mut state, cx, 0);
         Poll::Pending
     }
 
@@ -289,30 +294,50 @@ impl Outbound {
         if let Some(code) = state.closed.filter(|c| *c == DisconnectCode::SLOW) {
             return Poll::Ready(code);
         }
-        match &mut state.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        register(&mut state, cx, 0);
         Poll::Pending
     }
 
-    /// `Ready` when something is waiting (items, controls, or the queue was closed), without
-    /// taking it; otherwise registers the consumer's waker.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// `Ready(bytes queued)` when something is waiting (items, controls, or the queue was
+    /// closed), without taking it; otherwise registers the consumer's waker.
+    pub fn poll_queued(&self, cx: &mut Context<'_>) -> Poll<usize> {
         let mut state = self.state.lock();
         if !state.items.is_empty() || !state.controls.is_empty() || state.closed.is_some() {
+            return Poll::Ready(state.bytes);
+        }
+        register(&mut state, cx, 0);
+        Poll::Pending
+    }
+
+    /// For a consumer that holds its writes to let more messages gather: `Ready` once the
+    /// queue holds `limit` bytes or more, has controls, or was closed (stop holding, write
+    /// now); otherwise registers the consumer's waker to be woken only then, not by every push.
+    pub fn poll_hold(&self, cx: &mut Context<'_>, limit: usize) -> Poll<()> {
+        let mut state = self.state.lock();
+        if state.bytes >= limit || !state.controls.is_empty() || state.closed.is_some() {
             return Poll::Ready(());
         }
-        match &mut state.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        register(&mut state, cx, limit);
         Poll::Pending
+    }
+
+    /// The queue's byte limit.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Bytes currently queued.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
+    }
+}
+
+/// Registers the consumer's waker, to be woken by pushes once `wake_at` bytes are queued.
+fn register(state: &mut State, cx: &Context<'_>, wake_at: usize) {
+    state.wake_at = wake_at;
+    match &mut state.waker {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
     }
 }
 
@@ -351,6 +376,50 @@ mod tests {
         };
         assert_eq!(code, DisconnectCode::SLOW);
         assert!(v.is_empty());
+    }
+
+    /// A holding consumer is woken once a write's worth is queued, not by every push.
+    #[test]
+    fn a_hold_is_woken_only_by_enough_bytes() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let q = Outbound::new(100);
+        assert_eq!(q.push(Bytes::from(vec![0; 10])), PushOutcome::Queued);
+        assert!(q.poll_hold(&mut cx, 30).is_pending());
+        q.push(Bytes::from(vec![0; 10]));
+        assert_eq!(count.0.load(Ordering::Relaxed), 0, "20 bytes: no wake-up");
+        q.push(Bytes::from(vec![0; 10]));
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "30 bytes: woken");
+        assert!(q.poll_hold(&mut cx, 30).is_ready());
+        assert_eq!(q.poll_queued(&mut cx), Poll::Ready(30));
+        // Draining resets the threshold: the next push wakes again.
+        let Poll::Ready((Drained::Items, _)) = drain_with(&q, &mut cx) else {
+            panic!()
+        };
+        assert!(drain_with(&q, &mut cx).is_pending());
+        q.push(Bytes::from_static(b"x"));
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        // A close wakes a holding consumer whatever is queued.
+        q.poll_drain(&mut cx, &mut Vec::new(), 100, true).is_ready();
+        assert!(q.poll_hold(&mut cx, 30).is_pending());
+        q.close(DisconnectCode::SHUTDOWN);
+        assert_eq!(count.0.load(Ordering::Relaxed), 3);
+        assert!(q.poll_hold(&mut cx, 30).is_ready());
+    }
+
+    fn drain_with(q: &Outbound, cx: &mut Context<'_>) -> Poll<(Drained, Vec<Bytes>)> {
+        let mut v = Vec::new();
+        q.poll_drain(cx, &mut v, 100, true).map(|d| (d, v))
     }
 
     #[test]

@@ -40,6 +40,11 @@ use crate::transport::work::{Session, Work};
 /// Most messages coalesced into one WebSocket frame.
 pub const MAX_BATCH_ITEMS: usize = 256;
 
+/// Queued bytes from which a connection writes at once instead of holding for the node's write
+/// delay (a quarter of the queue's limit if that is less): enough for an efficient write, and
+/// far from the slow-consumer limit.
+const HOLD_LIMIT: usize = 16 * 1024;
+
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -171,6 +176,8 @@ impl RefusalLog {
 enum Event {
     /// Messages are waiting but the last write was less than the write delay ago.
     Hold(Instant),
+    /// A write's worth of messages gathered during a hold: write now.
+    Release,
     Outbound,
     Controls,
     Closed(DisconnectCode),
@@ -249,6 +256,8 @@ where
 {
     let out = client.outbound().clone();
     let pacer = client.pacer().clone();
+    // A connection with this much queued writes without waiting for the write delay.
+    let hold_limit = (out.max_bytes() / 4).clamp(1, HOLD_LIMIT);
     // The session's next deadline as of when the timer was armed: a timer that fires before it
     // only ends a write hold.
     let mut deadline = client.next_deadline();
@@ -299,16 +308,20 @@ where
             None => {
                 poll_fn(|cx| {
                     // A connection that wrote less than the node's write delay ago waits
-                    // for the rest of it, so that what comes meanwhile goes out in one write.
-                    if let Some(last) = last_write.filter(|_| hold_until.is_none()) {
+                    // for the rest of it, so that what comes meanwhile goes out in one write;
+                    // not when a write's worth is queued already (nor once it is, meanwhile).
+                    if hold_until.is_some() {
+                        if out.poll_hold(cx, hold_limit).is_ready() {
+                            return Poll::Ready(Event::Release);
+                        }
+                    } else if let Some(last) = last_write {
                         let delay = pacer.delay();
-                        if !delay.is_zero()
-                            && !socket.has_pending_writes()
-                            && out.poll_ready(cx).is_ready()
-                        {
-                            let next = last + delay;
-                            if Instant::now() < next {
-                                return Poll::Ready(Event::Hold(next));
+                        if !delay.is_zero() && !socket.has_pending_writes() {
+                            if let Poll::Ready(queued) = out.poll_queued(cx) {
+                                let next = last + delay;
+                                if queued < hold_limit && Instant::now() < next {
+                                    return Poll::Ready(Event::Hold(next));
+                                }
                             }
                         }
                     }
@@ -360,6 +373,10 @@ where
             Event::Hold(until) => {
                 hold_until = Some(until);
                 timer.as_mut().reset(deadline.min(until).into());
+            }
+            Event::Release => {
+                hold_until = None;
+                timer.as_mut().reset(deadline.into());
             }
             Event::Outbound => {
                 metrics.written(batch.len() as u64, batch_bytes(&batch));
