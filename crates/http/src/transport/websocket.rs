@@ -45,6 +45,10 @@ pub const MAX_BATCH_ITEMS: usize = 256;
 /// far from the slow-consumer limit.
 const HOLD_LIMIT: usize = 16 * 1024;
 
+/// A write smaller than this is followed by a hold while the node delays writes; after a
+/// larger one (a batch already) the next write goes out at once.
+const SMALL_WRITE: usize = 4 * 1024;
+
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -379,14 +383,18 @@ where
                 timer.as_mut().reset(deadline.into());
             }
             Event::Outbound => {
-                metrics.written(batch.len() as u64, batch_bytes(&batch));
+                let bytes = batch_bytes(&batch);
+                metrics.written(batch.len() as u64, bytes);
                 let written = poll_fn(|cx| {
                     Poll::Ready(socket.poll_write_text_batch(cx, &batch, Some(b'\n')))
                 })
                 .await;
                 release(&mut batch);
-                // Only a node that delays writes needs the time of this one.
-                last_write = (!pacer.delay().is_zero()).then(Instant::now);
+                // Only a small write makes the next wait (a large one carried a batch already,
+                // and waiting after it would only add latency), and only on a node that delays
+                // writes.
+                last_write =
+                    (bytes < SMALL_WRITE as u64 && !pacer.delay().is_zero()).then(Instant::now);
                 if let Poll::Ready(Err(e)) = written {
                     tracing::debug!(error = %e, "write failed");
                     return (Ending::Gone, session);
