@@ -14,19 +14,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_socketio::engine::{Data, Engine, EngineConfig, EngineHandler, EngineSocket};
+use switchboard_socketio::engine::{Engine, EngineConfig, EngineHandler, EngineSocket, Incoming};
 use switchboard_socketio::sio::{Payload, SioConfig, SocketIo};
-use tokio::sync::mpsc;
 
 /// Echoes every message of every session.
 struct Echo;
 
 impl EngineHandler for Echo {
-    fn on_open(&self, socket: EngineSocket, mut incoming: mpsc::Receiver<Data>) {
+    fn on_open(&self, socket: EngineSocket, mut incoming: Incoming) {
         tokio::spawn(async move {
             while let Some(data) = incoming.recv().await {
                 socket.send(data);
             }
+            incoming.shutdown().await;
         });
     }
 }

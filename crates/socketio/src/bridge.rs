@@ -58,9 +58,7 @@ pub fn room_channel(ns: &str, room: &str) -> String {
     }
 }
 
-/// A command for a socket's hub session, with where its reply goes. Boxed in the session's
-/// channel: the channel's first block of slots is allocated with it and kept for the socket's
-/// life, so the slots stay pointer-sized.
+/// A command for a socket's hub session, with where its reply goes.
 struct Command {
     frame: Value,
     reply: Option<oneshot::Sender<Value>>,
@@ -189,8 +187,74 @@ fn deliver_broadcasts(io: &crate::sio::SocketIo, data: &str) {
 /// A socket's hub session: where its commands go, and its hub client id.
 #[derive(Clone)]
 struct HubSession {
-    tx: mpsc::Sender<Box<Command>>,
+    tx: Arc<Commands>,
     client: String,
+}
+
+/// Most commands waiting for a socket's hub session.
+const MAX_COMMANDS: usize = 64;
+
+/// The commands waiting for a socket's hub session (the session runs on the socket's
+/// connection task, see [`drive`]). Held by the senders; the session holds a `Weak`, so it
+/// ends once every sender is gone (dropping the queue wakes it). Nothing is allocated while
+/// the queue is empty.
+#[derive(Default)]
+struct Commands {
+    state: Mutex<CommandsState>,
+}
+
+#[derive(Default)]
+struct CommandsState {
+    queue: std::collections::VecDeque<Command>,
+    waker: Option<std::task::Waker>,
+}
+
+impl Commands {
+    /// Queues a command; `Err` (with it) when [`MAX_COMMANDS`] are waiting.
+    fn try_send(&self, cmd: Command) -> Result<(), Command> {
+        let mut st = self.state.lock();
+        if st.queue.len() >= MAX_COMMANDS {
+            return Err(cmd);
+        }
+        st.queue.push_back(cmd);
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Commands {
+    fn drop(&mut self) {
+        if let Some(w) = self.state.get_mut().waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The next command for a session (`Ready(None)` once every sender is gone).
+fn poll_command(
+    commands: &std::sync::Weak<Commands>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Option<Command>> {
+    let Some(commands) = commands.upgrade() else {
+        return Poll::Ready(None);
+    };
+    let mut st = commands.state.lock();
+    match st.queue.pop_front() {
+        Some(cmd) => {
+            if st.queue.is_empty() {
+                st.queue = std::collections::VecDeque::new();
+            }
+            Poll::Ready(Some(cmd))
+        }
+        None => {
+            if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                st.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
 }
 
 impl std::fmt::Debug for HubBridge {
@@ -251,7 +315,7 @@ impl HubBridge {
                 None => (None, None),
             };
             let frame = event_command(socket.ns(), &name, payload.args);
-            let queued = tx.try_send(Box::new(Command { frame, reply }));
+            let queued = tx.try_send(Command { frame, reply });
             if queued.is_err() {
                 if let Some(ack) = ack {
                     ack.send(vec![
@@ -286,8 +350,16 @@ impl HubBridge {
         if auth.as_object().is_some_and(|o| !o.is_empty()) {
             connect["data"] = auth.clone();
         }
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(drive(Box::new(client), socket.clone(), rx, self.recovery));
+        let tx = Arc::new(Commands::default());
+        // The session runs on the socket's connection task (it ends with the connection, or
+        // when the socket leaves and the senders are gone).
+        let session = drive(
+            Box::new(client),
+            socket.clone(),
+            Arc::downgrade(&tx),
+            self.recovery,
+        );
+        socket.attach(Box::pin(session));
         let reply = command(&tx, json!({ "connect": connect }))
             .await
             .map_err(|_| ConnectError::new("internal server error"))?;
@@ -302,7 +374,6 @@ impl HubBridge {
             .pointer("/connect/client")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        socket.set_extension("hub_client", Value::String(client_id.to_owned()));
         if self.recovery {
             let pid = self.recover(&tx, &auth).await;
             socket.set_extension("pid", Value::String(pid));
@@ -321,7 +392,7 @@ impl HubBridge {
     /// missed (the publications are emitted by the session's task as the replies come in).
     /// Returns the private session id: the client's when every room was recovered (the client
     /// then sees `socket.recovered`), else a new one.
-    async fn recover(&self, tx: &mpsc::Sender<Box<Command>>, auth: &Value) -> String {
+    async fn recover(&self, tx: &Commands, auth: &Value) -> String {
         let fresh = || uuid::Uuid::new_v4().simple().to_string();
         let (Some(pid), Some(offset)) = (
             auth.get("pid").and_then(Value::as_str),
@@ -383,10 +454,7 @@ impl HubBridge {
     fn send(&self, socket: &Socket, frame: Value) {
         let session = self.sessions.lock().get(socket.id()).cloned();
         if let Some(s) = session {
-            if s.tx
-                .try_send(Box::new(Command { frame, reply: None }))
-                .is_err()
-            {
+            if s.tx.try_send(Command { frame, reply: None }).is_err() {
                 tracing::debug!(
                     socket = socket.id(),
                     "socket.io: hub session busy, command dropped"
@@ -505,13 +573,12 @@ fn ack_value(name: &str, reply: Result<Value, ()>) -> Value {
 }
 
 /// Sends a command and waits for its reply.
-async fn command(tx: &mpsc::Sender<Box<Command>>, frame: Value) -> Result<Value, ()> {
+async fn command(tx: &Commands, frame: Value) -> Result<Value, ()> {
     let (reply, rx) = oneshot::channel();
-    tx.send(Box::new(Command {
+    tx.try_send(Command {
         frame,
         reply: Some(reply),
-    }))
-    .await
+    })
     .map_err(|_| ())?;
     rx.await.map_err(|_| ())
 }
@@ -520,7 +587,7 @@ async fn command(tx: &mpsc::Sender<Box<Command>>, frame: Value) -> Result<Value,
 const MAX_BATCH: usize = 256;
 
 enum Event {
-    Command(Option<Box<Command>>),
+    Command(Option<Command>),
     Items,
     Controls,
     Closed(switchboard_proto::DisconnectCode),
@@ -532,7 +599,7 @@ enum Event {
 async fn drive(
     mut client: Box<Client>,
     socket: Socket,
-    mut rx: mpsc::Receiver<Box<Command>>,
+    commands: std::sync::Weak<Commands>,
     recovery: bool,
 ) {
     let out = client.outbound().clone();
@@ -562,7 +629,7 @@ async fn drive(
                 Poll::Ready(Drained::Closed(code)) => return Poll::Ready(Event::Closed(code)),
                 Poll::Pending => {}
             }
-            if let Poll::Ready(c) = rx.poll_recv(cx) {
+            if let Poll::Ready(c) = poll_command(&commands, cx) {
                 return Poll::Ready(Event::Command(c));
             }
             if timer.as_mut().poll(cx).is_ready() {
@@ -642,7 +709,7 @@ struct DriveState {
     /// With recovery: the socket's rooms (channels) and the last position seen in each.
     positions: BTreeMap<String, (u64, String)>,
     recovery: bool,
-    /// The socket's hub client id, once the connect reply set it (see [`DriveState::own`]).
+    /// The socket's hub client id, from the connect reply (its own room events are skipped).
     own: Option<Arc<str>>,
     /// Room events of the frames handled so far, sent to the socket together by
     /// [`DriveState::flush`] (before anything else is emitted, so the order stays).
@@ -659,7 +726,7 @@ impl DriveState {
     fn handle_frame(&mut self, item: &Bytes) {
         if !self.recovery {
             if let Some(event) = fanout::room_event(item, self.socket.ns()) {
-                let own = event.from.is_some() && self.own().is_some() && event.from == self.own;
+                let own = event.from.is_some() && self.own.is_some() && event.from == self.own;
                 if !own {
                     self.shared.push(event.message);
                 }
@@ -686,6 +753,9 @@ impl DriveState {
             return;
         };
         if let Some(id) = v.get("id").and_then(Value::as_u64) {
+            if let Some(Value::String(client)) = v.pointer("/connect/client") {
+                self.own = Some(Arc::from(client.as_str()));
+            }
             if let Some((tx, tracked)) = self.pending.remove(&id) {
                 if self.recovery && v.get("error").is_none() {
                     self.track(tracked, &v);
@@ -708,17 +778,6 @@ impl DriveState {
         } else if push.get("disconnect").is_some() {
             self.socket.disconnect();
         }
-    }
-
-    /// The socket's hub client id (read once from the socket's extension, where `connect`
-    /// stores it when the hub accepted the client).
-    fn own(&mut self) -> Option<&Arc<str>> {
-        if self.own.is_none() {
-            if let Some(Value::String(id)) = self.socket.extension("hub_client") {
-                self.own = Some(Arc::from(id));
-            }
-        }
-        self.own.as_ref()
     }
 
     /// Records a room's position from a subscribe reply (and emits what it recovered).
@@ -761,7 +820,7 @@ impl DriveState {
             pos.0 = offset;
         }
         let from = publication.pointer("/info/client").and_then(Value::as_str);
-        if let (Some(own), Some(from)) = (self.own(), from) {
+        if let (Some(own), Some(from)) = (self.own.as_ref(), from) {
             if **own == *from {
                 return;
             }
@@ -818,13 +877,12 @@ fn decode_offset(s: &str) -> Option<BTreeMap<String, (u64, String)>> {
 mod tests {
     use super::*;
 
-    /// An idle socket is four parked tasks (the WebSocket, the heartbeat, the Socket.IO
-    /// connection and the hub session): keep them small (and see docs/BENCHMARKS.md, "Socket.IO").
+    /// An idle socket is one parked task (the connection: transport, heartbeat, Socket.IO
+    /// packets) with the hub session's future attached to it: keep both small (and see
+    /// docs/BENCHMARKS.md, "Socket.IO").
     #[tokio::test]
-    async fn parked_tasks_are_small() {
+    async fn parked_futures_are_small() {
         use crate::engine::{session::Registry, EngineConfig, EngineSocket, Transport};
-        use std::time::Duration;
-        use switchboard_ws::{Role, WsConfig, WsSocket};
 
         let hub = Hub::new(
             switchboard_hub::HubConfig::default(),
@@ -834,8 +892,6 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let (session, incoming) =
             registry.create(Transport::WebSocket, &EngineConfig::default(), None);
-        let (io, _peer) = tokio::io::duplex(64);
-        let ws = WsSocket::new(io, Role::Server, WsConfig::default());
         let engine = EngineSocket {
             session: session.clone(),
         };
@@ -848,23 +904,11 @@ mod tests {
             None,
             None,
         );
-        let (_tx, rx) = mpsc::channel(1);
+        let commands = Arc::new(Commands::default());
         let client = Box::new(hub.accept(TRANSPORT).expect("accepted"));
         let sizes = [
             (
-                "websocket",
-                std::mem::size_of_val(&crate::engine::server::serve_ws(ws, session.clone())),
-            ),
-            (
-                "heartbeat",
-                std::mem::size_of_val(&crate::engine::session::heartbeat(
-                    session.clone(),
-                    Duration::from_secs(1),
-                    Duration::from_secs(1),
-                )),
-            ),
-            (
-                "socket.io connection",
+                "connection",
                 std::mem::size_of_val(&crate::sio::server::run_connection(
                     sio.clone(),
                     engine,
@@ -873,12 +917,12 @@ mod tests {
             ),
             (
                 "hub session",
-                std::mem::size_of_val(&drive(client, socket, rx, false)),
+                std::mem::size_of_val(&drive(client, socket, Arc::downgrade(&commands), false)),
             ),
         ];
-        eprintln!("parked tasks: {sizes:?}");
+        eprintln!("parked futures: {sizes:?}");
         for (name, size) in sizes {
-            assert!(size <= 1024, "the {name} task takes {size} bytes");
+            assert!(size <= 1024, "the {name} future takes {size} bytes");
         }
     }
 

@@ -9,4 +9,4 @@ pub mod session;
 pub use config::EngineConfig;
 pub use packet::{DecodeError, Packet, SharedMessage};
 pub use server::{Engine, EngineHandler};
-pub use session::{CloseReason, Data, EngineSocket, Transport};
+pub use session::{CloseReason, Data, EngineSocket, Incoming, SessionTask, Transport};

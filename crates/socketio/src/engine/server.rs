@@ -9,12 +9,12 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use switchboard_ws::{validate_upgrade, Message, Role, WsConfig, WsSocket};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 
 use super::config::EngineConfig;
-use super::packet::{decode_payload, encode_payload, Packet, WsFrame};
-use super::session::{CloseReason, Data, EngineSocket, Registry, Session, Transport};
+use super::packet::{decode_payload, encode_payload, Packet};
+use super::session::{
+    queue, CloseReason, EngineSocket, Incoming, Registry, Session, Transport, Ws,
+};
 
 /// Most bytes of packets in the answer to a poll forwarded from another node (the rest waits
 /// for the next poll): the answer crosses the broker, whose messages are limited (NATS: 1 MiB).
@@ -25,9 +25,11 @@ pub const MAX_PACKETS_PER_PAYLOAD: usize = 4096;
 
 /// What the application does with new sessions.
 pub trait EngineHandler: Send + Sync + 'static {
-    /// A session was opened. `incoming` yields its messages in order and ends when the session
-    /// closes. Called on the task serving the handshake: spawn to do long work.
-    fn on_open(&self, socket: EngineSocket, incoming: mpsc::Receiver<Data>);
+    /// A session was opened. `incoming` serves the session while it is polled (heartbeat,
+    /// WebSocket) and yields its messages in order, `None` once the session is closed; the
+    /// handler spawns the one task that polls it (see [`Incoming`]). Called on the task serving
+    /// the handshake.
+    fn on_open(&self, socket: EngineSocket, incoming: Incoming);
 }
 
 /// An Engine.IO server: serve it from any route with [`Engine::handle`].
@@ -328,7 +330,7 @@ impl Engine {
     }
 
     fn open_polling(&self) -> Response {
-        let (session, rx) = self.inner.registry.create(
+        let (session, incoming) = self.inner.registry.create(
             Transport::Polling,
             &self.inner.config,
             self.new_sid_suffix(),
@@ -338,7 +340,7 @@ impl Engine {
             EngineSocket {
                 session: session.clone(),
             },
-            rx,
+            incoming,
         );
         // The handshake goes out first, with whatever the application queued on open.
         let mut packets = vec![open];
@@ -425,8 +427,12 @@ impl Engine {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    let mut ws =
-                        WsSocket::with_deflate(io, Role::Server, ws_config, upgrade.deflate);
+                    let mut ws = Box::new(WsSocket::with_deflate(
+                        io,
+                        Role::Server,
+                        ws_config,
+                        upgrade.deflate,
+                    ));
                     match session {
                         _ if refused => {
                             let _ = ws.close(1000, "").await;
@@ -443,37 +449,31 @@ impl Engine {
         response
     }
 
-    /// A session opened directly over WebSocket.
-    async fn run_websocket<IO: AsyncRead + AsyncWrite + Unpin>(&self, mut ws: WsSocket<IO>) {
-        let (session, rx) = self.inner.registry.create(
+    /// A session opened directly over WebSocket: the handler's task serves it.
+    async fn run_websocket(&self, mut ws: Box<Ws>) {
+        let (session, mut incoming) = self.inner.registry.create(
             Transport::WebSocket,
             &self.inner.config,
             self.new_sid_suffix(),
         );
         let open = self.handshake(&session.sid, false);
         queue(&mut ws, open);
-        self.inner.handler.on_open(
-            EngineSocket {
-                session: session.clone(),
-            },
-            rx,
-        );
-        serve_ws(ws, session).await;
+        incoming.set_websocket(ws);
+        self.inner
+            .handler
+            .on_open(EngineSocket { session }, incoming);
     }
 
-    /// A WebSocket taking over a polling session: `2probe` -> `3probe`, then `5`.
-    async fn run_upgrade<IO: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        mut ws: WsSocket<IO>,
-        session: Arc<Session>,
-    ) {
+    /// A WebSocket taking over a polling session: `2probe` -> `3probe`, then `5`; then the
+    /// session's task serves it.
+    async fn run_upgrade(&self, mut ws: Box<Ws>, session: Arc<Session>) {
         let deadline = tokio::time::sleep(self.inner.config.upgrade_timeout);
         tokio::pin!(deadline);
         let upgraded = loop {
             let msg = tokio::select! {
                 m = ws.recv() => m,
                 _ = &mut deadline => break false,
-                _ = session.closed.cancelled() => break false,
+                _ = session.wait_closed() => break false,
             };
             let text = match msg {
                 Ok(Some(Message::Text(t))) => t,
@@ -488,17 +488,13 @@ impl Engine {
                             st.transport = Transport::Upgrading;
                         }
                     }
-                    session.wake.notify_waiters();
+                    session.wake_all();
                     queue(&mut ws, Packet::Pong("probe".into()));
                     if ws.flush().await.is_err() {
                         break false;
                     }
                 }
-                Ok(Packet::Upgrade) => {
-                    session.state.lock().transport = Transport::WebSocket;
-                    session.wake.notify_waiters();
-                    break true;
-                }
+                Ok(Packet::Upgrade) => break true,
                 _ => break false,
             }
         };
@@ -510,11 +506,13 @@ impl Engine {
                     st.transport = Transport::Polling;
                 }
             }
-            session.wake.notify_waiters();
+            session.wake_all();
             let _ = ws.close(1000, "").await;
             return;
         }
-        serve_ws(ws, session).await;
+        if let Err(mut ws) = session.install_websocket(ws) {
+            let _ = ws.close(1000, "").await;
+        }
     }
 
     fn cors_headers(&self, headers: &HeaderMap) -> Option<HeaderMap> {
@@ -622,77 +620,6 @@ async fn poll(session: Arc<Session>, max_bytes: usize) -> Response {
             }
         }
         notified.await;
-    }
-}
-
-/// Drives a session over its WebSocket until either ends.
-pub(crate) async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin>(
-    mut ws: WsSocket<IO>,
-    session: Arc<Session>,
-) {
-    loop {
-        let notified = session.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let closed = {
-            let mut st = session.state.lock();
-            for p in session.drain(&mut st) {
-                queue(&mut ws, p);
-                st.writing = true;
-            }
-            st.closed
-        };
-        if let Some(reason) = closed {
-            let _ = ws.flush().await;
-            let code = if reason == CloseReason::ProtocolError {
-                1002
-            } else {
-                1000
-            };
-            let _ = ws.close(code, "").await;
-            return;
-        }
-        if ws.flush().await.is_err() {
-            break;
-        }
-        session.state.lock().writing = false;
-        session.written.notify_waiters();
-        let msg = tokio::select! {
-            m = ws.recv() => m,
-            _ = &mut notified => continue,
-        };
-        let packet = match msg {
-            Ok(Some(Message::Text(t))) => {
-                match Packet::decode_text(std::str::from_utf8(&t).unwrap_or("")) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::debug!(sid = %session.sid, error = %e, "engine.io: bad packet");
-                        session.close(CloseReason::ProtocolError);
-                        continue;
-                    }
-                }
-            }
-            Ok(Some(Message::Binary(b))) => Packet::Binary(b),
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => break,
-        };
-        // Boxed while it runs (it may wait for room in the application's queue): the parked
-        // task of an idle connection stays small.
-        Box::pin(session.receive(packet)).await;
-    }
-    session.close(CloseReason::TransportError);
-    let _ = ws.close(1000, "").await;
-}
-
-fn queue<IO>(ws: &mut WsSocket<IO>, p: Packet) {
-    match p {
-        // Shared with the other sockets of the room: no copy, no re-encoding.
-        Packet::Shared(m) => ws.queue_message(&Message::Text(m.into_bytes())),
-        p => match p.to_ws() {
-            WsFrame::Text(t) => ws.queue_message(&Message::text(t)),
-            WsFrame::SharedText(b) => ws.queue_message(&Message::Text(b)),
-            WsFrame::Binary(b) => ws.queue_message(&Message::Binary(b)),
-        },
     }
 }
 

@@ -1,20 +1,34 @@
 //! One Engine.IO session: its outbound queue, transport state, heartbeat and close.
 //!
-//! The transports (a polling GET, a WebSocket task) take packets out of the queue; the
-//! application puts them in through [`EngineSocket`]. Every change wakes the transport through
-//! one `Notify`. Incoming messages go to the application through a bounded channel, so a POST
-//! (or a WebSocket read) waits while the application is behind.
+//! Each session is served by ONE task, the application's, which polls the session's
+//! [`Incoming`]: that drives the heartbeat, writes the outbound queue to the WebSocket (when
+//! the session has one), reads the WebSocket, and yields the client's messages in order. The
+//! application may run more futures on the same task ([`EngineSocket::attach`]), so an idle
+//! connection is one parked task with no channels. Polling requests (GET, POST) are served by
+//! their own HTTP tasks through the shared state: a GET takes packets out of the queue, a POST
+//! puts the client's messages into a bounded inbox and waits while it is full.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
+use switchboard_ws::{Message, WsError, WsSocket};
+use tokio::sync::Notify;
 
 use super::config::EngineConfig;
-use super::packet::{Packet, SharedMessage};
+use super::packet::{Packet, SharedMessage, WsFrame};
+
+/// The WebSocket of a session (direct, or taken over by an upgrade).
+pub(crate) type Ws = WsSocket<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A future run on a session's task ([`EngineSocket::attach`]).
+pub type SessionTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// How long a polling session closed by the client stays registered for its next poll.
 pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -79,7 +93,6 @@ impl CloseReason {
     }
 }
 
-#[derive(Debug)]
 pub(crate) struct State {
     pub(crate) transport: Transport,
     pub(crate) outbox: VecDeque<Packet>,
@@ -94,20 +107,50 @@ pub(crate) struct State {
     /// The WebSocket task took packets out and has not finished writing them.
     pub(crate) writing: bool,
     pub(crate) closed: Option<CloseReason>,
-    incoming: Option<mpsc::Sender<Data>>,
+    /// Messages of polling POSTs not yet taken by the session's task (bounded by
+    /// [`INCOMING_QUEUE`]).
+    inbox: VecDeque<Data>,
+    /// The session's task, woken on every change it waits for.
+    task: Option<Waker>,
+    /// The session's task is polling, and writes what is queued before it parks: packets
+    /// queued meanwhile need not wake it (from [`EngineSocket::poll_attached`] to the start of
+    /// [`Incoming::poll_io`]).
+    in_poll: bool,
+    /// A WebSocket that took the session over, for its task to pick up.
+    upgraded: Option<Box<Ws>>,
+    /// Futures to run on the session's task, for it to pick up.
+    tasks: Vec<SessionTask>,
 }
 
-/// A session (shared by its transports, its heartbeat task and the application).
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("transport", &self.transport)
+            .field("outbox", &self.outbox.len())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    fn wake_task(&self) {
+        if let Some(w) = &self.task {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// A session (shared by its task, its polling requests and the application).
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) sid: Arc<str>,
     pub(crate) state: Mutex<State>,
     /// Woken on every change of `state` a transport waits for.
     pub(crate) wake: Notify,
-    pong: Notify,
+    /// Woken when the inbox has room again (a POST waits for it).
+    room: Notify,
     /// Woken when the WebSocket task finished writing what it took.
     pub(crate) written: Notify,
-    pub(crate) closed: CancellationToken,
     max_buffered: usize,
     registry: Arc<Registry>,
 }
@@ -127,20 +170,20 @@ impl Registry {
         self.sessions.lock().len()
     }
 
-    /// Creates and registers a session; starts its heartbeat.
+    /// Creates and registers a session; the returned [`Incoming`] drives it (heartbeat,
+    /// WebSocket) while its owner polls it.
     pub(crate) fn create(
         self: &Arc<Self>,
         transport: Transport,
         config: &EngineConfig,
         node: Option<String>,
-    ) -> (Arc<Session>, mpsc::Receiver<Data>) {
+    ) -> (Arc<Session>, Incoming) {
         let mut sid = new_sid();
         if let Some(node) = node {
             sid.push('.');
             sid.push_str(&node);
         }
         let sid: Arc<str> = Arc::from(sid);
-        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let session = Arc::new(Session {
             sid: sid.clone(),
             state: Mutex::new(State {
@@ -154,22 +197,21 @@ impl Registry {
                 pong_deadline: None,
                 writing: false,
                 closed: None,
-                incoming: Some(tx),
+                inbox: VecDeque::new(),
+                task: None,
+                in_poll: false,
+                upgraded: None,
+                tasks: Vec::new(),
             }),
             wake: Notify::new(),
-            pong: Notify::new(),
+            room: Notify::new(),
             written: Notify::new(),
-            closed: CancellationToken::new(),
             max_buffered: config.max_buffered,
             registry: self.clone(),
         });
         self.sessions.lock().insert(sid, session.clone());
-        tokio::spawn(heartbeat(
-            session.clone(),
-            config.ping_interval,
-            config.ping_timeout,
-        ));
-        (session, rx)
+        let incoming = Incoming::new(session.clone(), config);
+        (session, incoming)
     }
 }
 
@@ -180,37 +222,6 @@ fn new_sid() -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
     s.truncate(20);
     s
-}
-
-pub(crate) async fn heartbeat(
-    session: Arc<Session>,
-    interval: std::time::Duration,
-    timeout: std::time::Duration,
-) {
-    // Deadlines are absolute, from the handshake (or the last pong), so that the session is
-    // closed exactly pingInterval + pingTimeout after the ping round started.
-    let mut start = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(start + interval) => {}
-            _ = session.closed.cancelled() => return,
-        }
-        let deadline = start + interval + timeout;
-        {
-            let mut st = session.state.lock();
-            st.awaiting_pong = true;
-            st.pong_deadline = Some(deadline.into_std());
-        }
-        session.push(std::iter::once(Packet::Ping(String::new())));
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                session.close(CloseReason::PingTimeout);
-                return;
-            }
-            _ = session.pong.notified() => start = tokio::time::Instant::now(),
-            _ = session.closed.cancelled() => return,
-        }
-    }
 }
 
 impl Session {
@@ -245,7 +256,11 @@ impl Session {
                 st.outbox_bytes += p.wire_len();
                 st.outbox.push_back(p);
             }
-            st.outbox_bytes > self.max_buffered
+            let overflow = st.outbox_bytes > self.max_buffered;
+            if !overflow && !st.in_poll {
+                st.wake_task();
+            }
+            overflow
         };
         if overflow {
             tracing::debug!(sid = %self.sid, "engine.io: client too slow, closing");
@@ -254,6 +269,25 @@ impl Session {
         }
         self.wake.notify_waiters();
         true
+    }
+
+    /// Completes when the session is closed.
+    pub(crate) async fn wait_closed(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state.lock().closed.is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes the session's task and the polls waiting.
+    pub(crate) fn wake_all(&self) {
+        self.state.lock().wake_task();
+        self.wake.notify_waiters();
     }
 
     /// Takes everything queued.
@@ -296,7 +330,7 @@ impl Session {
                 return;
             }
             st.closed = Some(reason);
-            st.incoming = None;
+            st.wake_task();
             reason == CloseReason::ClientClose
                 && st.transport == Transport::Polling
                 && !st.poll_active
@@ -310,8 +344,9 @@ impl Session {
         } else {
             self.unregister();
         }
-        self.closed.cancel();
         self.wake.notify_waiters();
+        self.room.notify_waiters();
+        self.written.notify_waiters();
     }
 
     /// Removes the session from its registry.
@@ -325,37 +360,345 @@ impl Session {
         }
     }
 
-    /// Handles one packet from the client. Returns false when the session is (now) closed.
+    /// Handles one packet from the client (of a polling POST): a message goes to the inbox
+    /// the session's task reads, waiting while it is full. Returns false when the session is
+    /// (now) closed.
     pub(crate) async fn receive(self: &Arc<Self>, packet: Packet) -> bool {
-        let data = match packet {
+        let data = match self.control(packet) {
+            Some(data) => data,
+            None => return self.state.lock().closed.is_none(),
+        };
+        let mut data = Some(data);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut st = self.state.lock();
+                if st.closed.is_some() {
+                    return false;
+                }
+                if st.inbox.len() < INCOMING_QUEUE {
+                    if let Some(d) = data.take() {
+                        st.inbox.push_back(d);
+                    }
+                    st.wake_task();
+                    return true;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Handles the transport-level packets (pong, close); returns the application messages.
+    fn control(self: &Arc<Self>, packet: Packet) -> Option<Data> {
+        match packet {
             Packet::Pong(_) => {
                 let mut st = self.state.lock();
                 if st.awaiting_pong {
                     st.awaiting_pong = false;
                     st.pong_deadline = None;
-                    self.pong.notify_one();
+                    st.wake_task();
                 }
-                return st.closed.is_none();
+                None
             }
             Packet::Close => {
                 self.close(CloseReason::ClientClose);
-                return false;
+                None
             }
-            Packet::Message(t) => Data::Text(t),
-            Packet::Binary(b) => Data::Binary(b),
-            // Pings from a v4 client only come as probes (handled by the WebSocket); an open,
+            Packet::Message(t) => Some(Data::Text(t)),
+            Packet::Binary(b) => Some(Data::Binary(b)),
+            // Pings from a v4 client only come as probes (handled by the upgrade); an open,
             // upgrade or noop from the client changes nothing.
             Packet::Ping(_)
             | Packet::Open(_)
             | Packet::Upgrade
             | Packet::Noop
-            | Packet::Shared(_) => return self.state.lock().closed.is_none(),
-        };
-        let tx = self.state.lock().incoming.clone();
-        match tx {
-            Some(tx) => tx.send(data).await.is_ok(),
-            None => false,
+            | Packet::Shared(_) => None,
         }
+    }
+
+    /// Hands a WebSocket that took the session over (after the upgrade's probe) to the
+    /// session's task. Gives it back when the session is closed.
+    pub(crate) fn install_websocket(&self, ws: Box<Ws>) -> Result<(), Box<Ws>> {
+        {
+            let mut st = self.state.lock();
+            if st.closed.is_some() {
+                return Err(ws);
+            }
+            st.transport = Transport::WebSocket;
+            st.upgraded = Some(ws);
+            st.wake_task();
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Most WebSocket messages read per poll (then the task yields).
+const MAX_READ_BATCH: usize = 64;
+
+/// The session's side that its task polls: the heartbeat, the WebSocket (writes and reads),
+/// and the client's messages in order ([`Incoming::recv`], [`Incoming::poll_recv`]).
+///
+/// Polling it is what serves the session: the application must keep polling it (also while
+/// it is busy with a message, through [`Incoming::poll_io`]) until it yields `None`, then call
+/// [`Incoming::shutdown`]. Dropping it closes the session.
+pub struct Incoming {
+    session: Arc<Session>,
+    ws: Option<Box<Ws>>,
+    /// Messages read from the WebSocket, not yet taken.
+    buffered: VecDeque<Data>,
+    /// The next heartbeat deadline: a ping is due, or (after one) its pong.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    ping_sent: bool,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("sid", &self.session.sid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Incoming {
+    fn new(session: Arc<Session>, config: &EngineConfig) -> Self {
+        // Deadlines are absolute, from the handshake (or the last pong), so that the session
+        // is closed exactly pingInterval + pingTimeout after the ping round started.
+        let timer = Box::pin(tokio::time::sleep(config.ping_interval));
+        Self {
+            session,
+            ws: None,
+            buffered: VecDeque::new(),
+            timer,
+            ping_sent: false,
+            interval: config.ping_interval,
+            timeout: config.ping_timeout,
+        }
+    }
+
+    /// Serves the session over `ws` (a session opened over WebSocket).
+    pub(crate) fn set_websocket(&mut self, ws: Box<Ws>) {
+        self.ws = Some(ws);
+    }
+
+    /// The session's handle.
+    pub fn socket(&self) -> EngineSocket {
+        EngineSocket {
+            session: self.session.clone(),
+        }
+    }
+
+    /// The client's next message; `None` once the session is closed.
+    pub async fn recv(&mut self) -> Option<Data> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The client's next message (`Ready(None)` once the session is closed), serving the
+    /// session meanwhile (see [`Incoming::poll_io`]).
+    /// Messages that arrived before the session closed are still yielded.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Data>> {
+        let closed = self.poll_io(cx).is_ready();
+        if let Some(d) = self.buffered.pop_front() {
+            if self.buffered.is_empty() {
+                self.buffered = VecDeque::new();
+            }
+            return Poll::Ready(Some(d));
+        }
+        {
+            // Polling POSTs (also those that came before an upgrade).
+            let mut st = self.session.state.lock();
+            if let Some(d) = st.inbox.pop_front() {
+                if st.inbox.len() + 1 == INCOMING_QUEUE {
+                    self.session.room.notify_waiters();
+                }
+                if st.inbox.is_empty() {
+                    st.inbox = VecDeque::new();
+                }
+                return Poll::Ready(Some(d));
+            }
+        }
+        if closed {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Serves the session without taking a message: the heartbeat, the WebSocket's writes and
+    /// reads (messages read wait in a bounded buffer). `Ready` once the session is closed.
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let session = &self.session;
+        {
+            let mut st = session.state.lock();
+            if !st.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                st.task = Some(cx.waker().clone());
+            }
+            st.in_poll = false;
+            if let Some(ws) = st.upgraded.take() {
+                self.ws = Some(ws);
+            }
+            if st.closed.is_some() {
+                return Poll::Ready(());
+            }
+            if self.ping_sent && !st.awaiting_pong {
+                // The pong came: the next round starts now.
+                self.ping_sent = false;
+                let next = tokio::time::Instant::now() + self.interval;
+                self.timer.as_mut().reset(next);
+            }
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if self.ping_sent {
+                session.close(CloseReason::PingTimeout);
+                return Poll::Ready(());
+            }
+            let deadline = self.timer.deadline() + self.timeout;
+            {
+                let mut st = session.state.lock();
+                st.awaiting_pong = true;
+                st.pong_deadline = Some(deadline.into_std());
+            }
+            self.ping_sent = true;
+            self.timer.as_mut().reset(deadline);
+            session.push(std::iter::once(Packet::Ping(String::new())));
+        }
+        let Some(ws) = self.ws.as_mut() else {
+            return Poll::Pending;
+        };
+        if poll_ws_write(session, ws, cx).is_err() {
+            session.close(CloseReason::TransportError);
+            return Poll::Ready(());
+        }
+        let mut read = 0;
+        while self.buffered.len() < INCOMING_QUEUE && read < MAX_READ_BATCH {
+            let mut messages = Vec::new();
+            match ws.poll_read_messages(cx, &mut messages) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => {
+                    session.close(CloseReason::TransportError);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            for m in messages {
+                read += 1;
+                let packet = match m {
+                    Message::Text(t) => {
+                        match Packet::decode_text(std::str::from_utf8(&t).unwrap_or("")) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                tracing::debug!(sid = %session.sid, error = %e, "engine.io: bad packet");
+                                session.close(CloseReason::ProtocolError);
+                                return Poll::Ready(());
+                            }
+                        }
+                    }
+                    Message::Binary(b) => Packet::Binary(b),
+                    _ => continue,
+                };
+                if let Some(d) = session.control(packet) {
+                    self.buffered.push_back(d);
+                }
+            }
+            if session.state.lock().closed.is_some() {
+                return Poll::Ready(());
+            }
+            // Pongs and close echoes the reads queued.
+            if poll_ws_write(session, ws, cx).is_err() {
+                session.close(CloseReason::TransportError);
+                return Poll::Ready(());
+            }
+        }
+        if read >= MAX_READ_BATCH {
+            // More may be waiting: come back after the others had their turn.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
+    /// Ends the session: closes it (if it is not yet), writes what is still queued and closes
+    /// the WebSocket.
+    pub async fn shutdown(mut self) {
+        let reason = {
+            let st = self.session.state.lock();
+            st.closed
+        };
+        let reason = match reason {
+            Some(r) => r,
+            None => {
+                self.session.close(CloseReason::TransportError);
+                CloseReason::TransportError
+            }
+        };
+        let ws = self
+            .ws
+            .take()
+            .or_else(|| self.session.state.lock().upgraded.take());
+        if let Some(mut ws) = ws {
+            {
+                let mut st = self.session.state.lock();
+                for p in self.session.drain(&mut st) {
+                    queue(&mut ws, p);
+                }
+            }
+            let code = if reason == CloseReason::ProtocolError {
+                1002
+            } else {
+                1000
+            };
+            let _ = ws.close(code, "").await;
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.session.close(CloseReason::TransportError);
+        self.session.state.lock().task = None;
+    }
+}
+
+/// Writes what the session queued to its WebSocket: takes the queue when the previous write
+/// is done, and flushes. `Err` when the WebSocket failed.
+fn poll_ws_write(session: &Session, ws: &mut Ws, cx: &mut Context<'_>) -> Result<(), WsError> {
+    loop {
+        if !ws.has_pending_writes() {
+            let mut st = session.state.lock();
+            if st.outbox.is_empty() {
+                if st.writing {
+                    st.writing = false;
+                    drop(st);
+                    session.written.notify_waiters();
+                }
+                return Ok(());
+            }
+            for p in session.drain(&mut st) {
+                queue(ws, p);
+            }
+            st.writing = true;
+        }
+        match ws.poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(()),
+        }
+    }
+}
+
+/// Queues one packet on a WebSocket.
+pub(crate) fn queue<IO>(ws: &mut WsSocket<IO>, p: Packet) {
+    match p {
+        // Shared with the other sockets of the room: no copy, no re-encoding.
+        Packet::Shared(m) => ws.queue_message(&Message::Text(m.into_bytes())),
+        p => match p.to_ws() {
+            WsFrame::Text(t) => ws.queue_message(&Message::text(t)),
+            WsFrame::SharedText(b) => ws.queue_message(&Message::Text(b)),
+            WsFrame::Binary(b) => ws.queue_message(&Message::Binary(b)),
+        },
     }
 }
 
@@ -413,6 +756,34 @@ impl EngineSocket {
         let _ = tokio::time::timeout(limit, wait).await;
     }
 
+    /// Runs `task` on the session's task (polled together with the session's transport), until
+    /// it completes or the session's task ends. Returns false (and drops `task`) when the
+    /// session is closed.
+    pub fn attach(&self, task: SessionTask) -> bool {
+        let mut st = self.session.state.lock();
+        if st.closed.is_some() {
+            return false;
+        }
+        st.tasks.push(task);
+        st.wake_task();
+        true
+    }
+
+    /// For the session's task: registers it to be woken by what it waits for (messages,
+    /// packets to write, futures attached), and takes the futures [`EngineSocket::attach`]
+    /// queued.
+    pub fn poll_attached(&self, cx: &mut Context<'_>, into: &mut Vec<SessionTask>) {
+        let mut st = self.session.state.lock();
+        if !st.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.task = Some(cx.waker().clone());
+        }
+        st.in_poll = true;
+        if !st.tasks.is_empty() {
+            into.append(&mut st.tasks);
+            st.tasks = Vec::new();
+        }
+    }
+
     /// Closes the session (the client gets a close packet when it polls, or the WebSocket is
     /// closed).
     pub fn close(&self) {
@@ -421,7 +792,7 @@ impl EngineSocket {
 
     /// Whether the session is closed.
     pub fn is_closed(&self) -> bool {
-        self.session.closed.is_cancelled()
+        self.session.state.lock().closed.is_some()
     }
 
     /// Why the session closed, once it has.
@@ -431,7 +802,7 @@ impl EngineSocket {
 
     /// Completes when the session is closed.
     pub async fn closed(&self) {
-        self.session.closed.cancelled().await
+        self.session.wait_closed().await
     }
 
     /// The current transport.

@@ -2,17 +2,20 @@
 //! broadcasting to rooms (locally and, through a [`Bus`], across nodes).
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
-use super::namespace::{Handlers, Namespace, Payload};
+use super::namespace::{BoxFuture, Handlers, Namespace, Payload};
 use super::packet::{Packet, PacketType, ParseError};
 use super::socket::{AckSender, Socket};
-use crate::engine::{CloseReason, Data, Engine, EngineConfig, EngineHandler, EngineSocket};
+use crate::engine::{
+    CloseReason, Data, Engine, EngineConfig, EngineHandler, EngineSocket, Incoming, SessionTask,
+};
 
 /// Longest wait for the CONNECT reply to be written before the connection handler runs.
 const CONNECT_FLUSH_LIMIT: Duration = Duration::from_millis(100);
@@ -234,7 +237,7 @@ impl SocketIo {
 }
 
 impl EngineHandler for SocketIo {
-    fn on_open(&self, socket: EngineSocket, incoming: mpsc::Receiver<Data>) {
+    fn on_open(&self, socket: EngineSocket, incoming: Incoming) {
         tokio::spawn(run_connection(self.clone(), socket, incoming));
     }
 }
@@ -296,38 +299,90 @@ struct Connection {
     partial: Option<Packet>,
 }
 
-pub(crate) async fn run_connection(
-    io: SocketIo,
-    engine: EngineSocket,
-    mut incoming: mpsc::Receiver<Data>,
-) {
-    let timeout = tokio::time::sleep(io.inner.config.connect_timeout);
-    tokio::pin!(timeout);
+/// The asynchronous part of handling a packet (a CONNECT: its middlewares, then the wait for
+/// its reply to be written), run on the connection's task while later packets wait.
+enum Step {
+    /// The middlewares accepted the socket.
+    Accepted {
+        ns: Arc<Namespace>,
+        socket: Socket,
+        auth: Value,
+    },
+    /// Nothing left to do.
+    Done,
+}
+
+/// Serves one Engine.IO session speaking Socket.IO, on one task: the session's transport and
+/// heartbeat ([`Incoming`]), the packets in order, and the futures the sockets attached (the
+/// hub sessions of [`crate::bridge`]).
+pub(crate) async fn run_connection(io: SocketIo, engine: EngineSocket, mut incoming: Incoming) {
+    // Until the first CONNECT (then dropped: an idle connection keeps no timer for it).
+    let mut timeout = Some(Box::pin(tokio::time::sleep(
+        io.inner.config.connect_timeout,
+    )));
     let mut conn = Connection {
         io,
         engine,
         sockets: HashMap::new(),
         partial: None,
     };
-    let mut ever_connected = false;
+    let mut in_flight: Option<BoxFuture<Step>> = None;
+    let mut attached: Vec<SessionTask> = Vec::new();
     loop {
-        let data = tokio::select! {
-            d = incoming.recv() => d,
-            _ = &mut timeout, if !ever_connected => {
+        let event = poll_fn(|cx| {
+            // What the attached futures and the CONNECT in flight queue for the client is
+            // written by `poll_io` at the end of this same poll (it must run on every path).
+            conn.engine.poll_attached(cx, &mut attached);
+            let before = attached.len();
+            attached.retain_mut(|t| t.as_mut().poll(cx).is_pending());
+            if attached.is_empty() && before > 0 {
+                attached = Vec::new();
+            }
+            let mut event = None;
+            if let Some(f) = in_flight.as_mut() {
+                if let Poll::Ready(step) = f.as_mut().poll(cx) {
+                    in_flight = None;
+                    event = Some(Event::Step(step));
+                }
+            }
+            if let Some(t) = timeout.as_mut() {
+                if event.is_none() && t.as_mut().poll(cx).is_ready() {
+                    event = Some(Event::Timeout);
+                }
+            }
+            if event.is_none() && in_flight.is_none() {
+                return incoming.poll_recv(cx).map(|d| d.map(Event::Data));
+            }
+            let closed = incoming.poll_io(cx).is_ready();
+            match event {
+                Some(e) => Poll::Ready(Some(e)),
+                None if closed => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+        let result = match event {
+            None => break,
+            Some(Event::Timeout) => {
                 tracing::debug!(sid = conn.engine.sid(), "socket.io: no CONNECT in time");
                 conn.engine.close();
-                None
+                timeout = None;
+                Ok(None)
             }
+            Some(Event::Data(data)) => conn.handle(data),
+            Some(Event::Step(step)) => Ok(conn.step(step)),
         };
-        let Some(data) = data else { break };
-        // Boxed while it runs (a CONNECT awaits the middlewares): the parked task of an idle
-        // connection stays small.
-        if let Err(e) = Box::pin(conn.handle(data)).await {
-            tracing::debug!(sid = conn.engine.sid(), error = %e, "socket.io: bad packet, closing");
-            conn.engine.close();
-            break;
+        match result {
+            Ok(next) => in_flight = next,
+            Err(e) => {
+                tracing::debug!(sid = conn.engine.sid(), error = %e, "socket.io: bad packet, closing");
+                conn.engine.close();
+                break;
+            }
         }
-        ever_connected |= !conn.sockets.is_empty();
+        if !conn.sockets.is_empty() {
+            timeout = None;
+        }
     }
     let reason = match conn.engine.close_reason() {
         Some(CloseReason::ClientClose) => "client namespace disconnect",
@@ -336,14 +391,27 @@ pub(crate) async fn run_connection(
         Some(CloseReason::ProtocolError) => "parse error",
         _ => "transport close",
     };
+    drop(in_flight);
     for (name, socket) in conn.sockets.drain() {
         socket.cleanup(reason);
         conn.io.prune(&name);
     }
+    // The sockets' attached futures (hub sessions) end with the connection.
+    drop(attached);
+    // Boxed: the closing handshake's state is not part of every parked connection.
+    Box::pin(incoming.shutdown()).await;
+}
+
+/// What woke the connection's task.
+enum Event {
+    Data(Data),
+    Step(Step),
+    Timeout,
 }
 
 impl Connection {
-    async fn handle(&mut self, data: Data) -> Result<(), ParseError> {
+    /// Handles one message; a CONNECT may leave an asynchronous part to run.
+    fn handle(&mut self, data: Data) -> Result<Option<BoxFuture<Step>>, ParseError> {
         let packet = match data {
             Data::Text(text) => {
                 if self.partial.is_some() {
@@ -353,7 +421,7 @@ impl Connection {
                 let p = Packet::decode(&text, self.io.inner.config.max_attachments)?;
                 if p.ty.is_binary() && p.attachments > 0 {
                     self.partial = Some(p);
-                    return Ok(());
+                    return Ok(None);
                 }
                 p
             }
@@ -363,20 +431,19 @@ impl Connection {
                 };
                 p.bins.push(b);
                 if !p.is_complete() {
-                    return Ok(());
+                    return Ok(None);
                 }
                 let p = self.partial.take().expect("partial packet");
                 p.check_placeholders()?;
                 p
             }
         };
-        self.dispatch(packet).await;
-        Ok(())
+        Ok(self.dispatch(packet))
     }
 
-    async fn dispatch(&mut self, packet: Packet) {
+    fn dispatch(&mut self, packet: Packet) -> Option<BoxFuture<Step>> {
         match packet.ty {
-            PacketType::Connect => self.connect(packet).await,
+            PacketType::Connect => return self.connect(packet),
             PacketType::Disconnect => {
                 if let Some(s) = self.sockets.remove(&packet.nsp) {
                     s.cleanup("client namespace disconnect");
@@ -385,15 +452,15 @@ impl Connection {
             }
             PacketType::Event | PacketType::BinaryEvent => {
                 let Some(socket) = self.sockets.get(&packet.nsp).filter(|s| s.connected()) else {
-                    return;
+                    return None;
                 };
                 let Some(Value::Array(mut args)) = packet.data else {
-                    return;
+                    return None;
                 };
                 let name = match args.first() {
                     Some(Value::String(s)) => s.clone(),
                     Some(v) => v.to_string(),
-                    None => return,
+                    None => return None,
                 };
                 let handlers = &socket.0.ns.handlers;
                 let ack = packet.id.map(|id| AckSender {
@@ -423,7 +490,7 @@ impl Connection {
             }
             PacketType::Ack | PacketType::BinaryAck => {
                 let (Some(socket), Some(id)) = (self.sockets.get(&packet.nsp), packet.id) else {
-                    return;
+                    return None;
                 };
                 let args = match packet.data {
                     Some(Value::Array(a)) => a,
@@ -440,19 +507,22 @@ impl Connection {
             // A client never sends these.
             PacketType::ConnectError => {}
         }
+        None
     }
 
-    async fn connect(&mut self, packet: Packet) {
+    /// A CONNECT: the synchronous checks; the middlewares run as the returned future, and
+    /// [`Connection::step`] finishes.
+    fn connect(&mut self, packet: Packet) -> Option<BoxFuture<Step>> {
         let nsp = packet.nsp;
         let Some(ns) = self.io.find_ns(&nsp) else {
             let err = super::namespace::ConnectError::new("Invalid namespace");
             self.engine.send(Data::Text(
                 Packet::new(PacketType::ConnectError, &nsp, None, Some(err.to_value())).encode(),
             ));
-            return;
+            return None;
         };
         if self.sockets.get(&nsp).is_some_and(Socket::connected) {
-            return;
+            return None;
         }
         let auth = packet
             .data
@@ -467,18 +537,38 @@ impl Connection {
             global_disconnect,
         );
         let global = self.io.inner.hooks.read().middleware.clone();
-        for mw in global.iter().chain(&ns.handlers.middleware) {
-            if let Err(err) = mw(socket.clone(), auth.clone()).await {
-                self.engine.send(Data::Text(
-                    Packet::new(PacketType::ConnectError, &nsp, None, Some(err.to_value()))
-                        .encode(),
-                ));
-                return;
+        let middleware: Vec<_> = global
+            .iter()
+            .chain(&ns.handlers.middleware)
+            .cloned()
+            .collect();
+        if middleware.is_empty() {
+            return self.step(Step::Accepted { ns, socket, auth });
+        }
+        let engine = self.engine.clone();
+        Some(Box::pin(async move {
+            for mw in middleware {
+                if let Err(err) = mw(socket.clone(), auth.clone()).await {
+                    engine.send(Data::Text(
+                        Packet::new(PacketType::ConnectError, &nsp, None, Some(err.to_value()))
+                            .encode(),
+                    ));
+                    return Step::Done;
+                }
             }
-        }
+            Step::Accepted { ns, socket, auth }
+        }))
+    }
+
+    /// Finishes what a [`Step`] started.
+    fn step(&mut self, step: Step) -> Option<BoxFuture<Step>> {
+        let Step::Accepted { ns, socket, auth } = step else {
+            return None;
+        };
         if self.engine.is_closed() {
-            return;
+            return None;
         }
+        let nsp = ns.name.clone();
         socket.set_connected(true);
         ns.sockets
             .write()
@@ -497,11 +587,17 @@ impl Connection {
             Some(Value::Object(reply)),
         ));
         // The reply goes out on its own before the connection handler runs (what that handler
-        // emits follows in a later write), like the reference server.
-        self.engine.flush(CONNECT_FLUSH_LIMIT).await;
-        if let Some(h) = &ns.handlers.connection {
-            h(socket, auth);
-        }
+        // emits follows in a later write), like the reference server: the connection's task
+        // writes it while this waits.
+        let handler = ns.handlers.connection.clone();
+        let engine = self.engine.clone();
+        Some(Box::pin(async move {
+            engine.flush(CONNECT_FLUSH_LIMIT).await;
+            if let Some(h) = handler {
+                h(socket, auth);
+            }
+            Step::Done
+        }))
     }
 }
 

@@ -119,6 +119,13 @@ impl Socket {
         self.0.engine.sid()
     }
 
+    /// Runs `task` on the connection's task (with its transport, in the same polls), until
+    /// it completes or the connection ends. Returns false (and drops `task`) when the
+    /// connection is closed.
+    pub fn attach(&self, task: crate::engine::SessionTask) -> bool {
+        self.0.engine.attach(task)
+    }
+
     /// Whether the socket is connected.
     pub fn connected(&self) -> bool {
         self.0.connected.load(Ordering::Acquire)
