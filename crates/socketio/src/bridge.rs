@@ -71,6 +71,7 @@ pub struct HubBridge {
     sessions: Arc<Mutex<HashMap<Arc<str>, HubSession>>>,
     recovery: bool,
     broadcasts: Arc<Broadcasts>,
+    publishes: Arc<Publishes>,
 }
 
 /// The Engine.IO path [`HubBridge::with_path`] assumes.
@@ -271,6 +272,7 @@ impl HubBridge {
             sessions: Arc::default(),
             recovery: false,
             broadcasts: Broadcasts::new(DEFAULT_PATH),
+            publishes: Arc::default(),
         }
     }
 
@@ -526,16 +528,75 @@ impl crate::sio::Bus for HubBridge {
                 conn_info: None,
                 chan_info: None,
             });
-        for room in rooms {
-            let hub = self.hub.clone();
-            let channel = room_channel(ns, room);
-            let raw = raw.clone();
-            let info = info.clone();
-            tokio::spawn(async move {
-                if let Err(e) = hub.publish(&channel, raw, info).await {
-                    tracing::debug!(%channel, error = ?e, "socket.io: room publication failed");
-                }
-            });
+        let channels = rooms.iter().map(|room| room_channel(ns, room)).collect();
+        let sender = except.map(Arc::from);
+        self.publishes.send(
+            &self.hub,
+            sender,
+            Publish {
+                channels,
+                raw,
+                info,
+            },
+        );
+    }
+}
+
+/// One room emit: its data into each of its rooms' channels.
+struct Publish {
+    channels: Vec<String>,
+    raw: Box<serde_json::value::RawValue>,
+    info: Option<switchboard_proto::ClientInfo>,
+}
+
+/// Room emits of library mode on their way into the hub, in order per sender: the emits of
+/// one socket (`socket.to(room).emit`), and those of the node's emitters (`io.emitter(ns)`),
+/// are published one after the other, in the order they were made, so that a room's members
+/// get them in that order; different senders' emits go concurrently. A sender's queue and its
+/// task exist only while it has emits in flight.
+#[derive(Default)]
+struct Publishes {
+    /// Sender (socket id; `None`: the node's emitters) -> its emits not yet published. A
+    /// sender is in the map while its task runs.
+    queues: Mutex<HashMap<Option<Arc<str>>, std::collections::VecDeque<Publish>>>,
+}
+
+impl Publishes {
+    /// Queues `publish` behind the sender's earlier emits (starting the sender's task when it
+    /// has none in flight).
+    fn send(self: &Arc<Self>, hub: &Hub, sender: Option<Arc<str>>, publish: Publish) {
+        {
+            let mut queues = self.queues.lock();
+            if let Some(queue) = queues.get_mut(&sender) {
+                queue.push_back(publish);
+                return;
+            }
+            queues.insert(sender.clone(), std::collections::VecDeque::new());
+        }
+        tokio::spawn(publish_in_order(self.clone(), hub.clone(), sender, publish));
+    }
+}
+
+/// Publishes a sender's emits, one after the other, until its queue is empty.
+async fn publish_in_order(
+    publishes: Arc<Publishes>,
+    hub: Hub,
+    sender: Option<Arc<str>>,
+    first: Publish,
+) {
+    let mut next = Some(first);
+    while let Some(p) = next.take() {
+        for channel in &p.channels {
+            if let Err(e) = hub.publish(channel, p.raw.clone(), p.info.clone()).await {
+                tracing::debug!(%channel, error = ?e, "socket.io: room publication failed");
+            }
+        }
+        let mut queues = publishes.queues.lock();
+        match queues.get_mut(&sender).and_then(|q| q.pop_front()) {
+            Some(p) => next = Some(p),
+            None => {
+                queues.remove(&sender);
+            }
         }
     }
 }
