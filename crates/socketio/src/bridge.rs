@@ -381,7 +381,7 @@ impl HubBridge {
             socket.set_extension("pid", Value::String(pid));
         }
         self.sessions.lock().insert(
-            Arc::from(socket.id()),
+            socket.0.id.clone(),
             HubSession {
                 tx,
                 client: client_id.to_owned(),
@@ -647,9 +647,14 @@ async fn command(tx: &Commands, frame: Value) -> Result<Value, ()> {
 /// Most outbound items taken at once.
 const MAX_BATCH: usize = 256;
 
+thread_local! {
+    /// The hub sessions' list of drained frames (see [`drive`]).
+    static BATCH: std::cell::Cell<Vec<Bytes>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 enum Event {
     Command(Option<Command>),
-    Items,
+    Items(Vec<Bytes>),
     Controls,
     Closed(switchboard_proto::DisconnectCode),
     Timer,
@@ -673,7 +678,6 @@ async fn drive(
         own: None,
         shared: Vec::new(),
     };
-    let mut batch: Vec<Bytes> = Vec::new();
     // One timer for the task's life, moved only when the session's next deadline moves (a new
     // timer per wake-up showed up in fan-out profiles).
     let timer = tokio::time::sleep_until(client.next_deadline().into());
@@ -684,8 +688,15 @@ async fn drive(
             timer.as_mut().reset(deadline);
         }
         let event = poll_fn(|cx| {
-            match out.poll_drain(cx, &mut batch, MAX_BATCH, true) {
-                Poll::Ready(Drained::Items) => return Poll::Ready(Event::Items),
+            // A per-thread list, given back after use: an idle session keeps none.
+            let mut batch = BATCH.take();
+            let drained = out.poll_drain(cx, &mut batch, MAX_BATCH, true);
+            if drained == Poll::Ready(Drained::Items) {
+                return Poll::Ready(Event::Items(batch));
+            }
+            BATCH.set(batch);
+            match drained {
+                Poll::Ready(Drained::Items) => {}
                 Poll::Ready(Drained::Controls) => return Poll::Ready(Event::Controls),
                 Poll::Ready(Drained::Closed(code)) => return Poll::Ready(Event::Closed(code)),
                 Poll::Pending => {}
@@ -720,11 +731,14 @@ async fn drive(
                 let frame = cmd.frame.to_string();
                 Box::pin(client.handle_frame(frame.as_bytes(), Instant::now())).await
             }
-            Event::Items => {
+            Event::Items(mut batch) => {
                 for item in batch.drain(..) {
                     state.handle_frame(&item);
                 }
                 state.flush();
+                if batch.capacity() <= MAX_BATCH {
+                    BATCH.set(batch);
+                }
                 Ok(())
             }
             // The session's futures may be large (brokers, proxies): boxed while they run, so
@@ -817,7 +831,12 @@ impl DriveState {
             if let Some(Value::String(client)) = v.pointer("/connect/client") {
                 self.own = Some(Arc::from(client.as_str()));
             }
-            if let Some((tx, tracked)) = self.pending.remove(&id) {
+            let pending = self.pending.remove(&id);
+            if self.pending.is_empty() {
+                // Commands are few and far between: keep no table while none waits.
+                self.pending = HashMap::new();
+            }
+            if let Some((tx, tracked)) = pending {
                 if self.recovery && v.get("error").is_none() {
                     self.track(tracked, &v);
                 }

@@ -294,7 +294,8 @@ impl Emitter {
 struct Connection {
     io: SocketIo,
     engine: EngineSocket,
-    sockets: HashMap<String, Socket>,
+    /// Its sockets, one per namespace (a list: connections have one or a few).
+    sockets: Sockets,
     /// A binary packet waiting for its attachments.
     partial: Option<Packet>,
 }
@@ -323,7 +324,7 @@ pub(crate) async fn run_connection(io: SocketIo, engine: EngineSocket, mut incom
     let mut conn = Connection {
         io,
         engine,
-        sockets: HashMap::new(),
+        sockets: Sockets::default(),
         partial: None,
     };
     let mut in_flight: Option<BoxFuture<Step>> = None;
@@ -392,14 +393,44 @@ pub(crate) async fn run_connection(io: SocketIo, engine: EngineSocket, mut incom
         _ => "transport close",
     };
     drop(in_flight);
-    for (name, socket) in conn.sockets.drain() {
+    for socket in std::mem::take(&mut conn.sockets.0) {
         socket.cleanup(reason);
-        conn.io.prune(&name);
+        conn.io.prune(socket.ns());
     }
     // The sockets' attached futures (hub sessions) end with the connection.
     drop(attached);
     // Boxed: the closing handshake's state is not part of every parked connection.
     Box::pin(incoming.shutdown()).await;
+}
+
+/// A connection's sockets, one per namespace.
+#[derive(Default)]
+struct Sockets(Vec<Socket>);
+
+impl Sockets {
+    fn get(&self, nsp: &str) -> Option<&Socket> {
+        self.0.iter().find(|s| s.ns() == nsp)
+    }
+
+    fn remove(&mut self, nsp: &str) -> Option<Socket> {
+        let i = self.0.iter().position(|s| s.ns() == nsp)?;
+        let socket = self.0.swap_remove(i);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(socket)
+    }
+
+    /// Adds `socket`, replacing the one of its namespace.
+    fn insert(&mut self, socket: Socket) {
+        self.remove(socket.ns());
+        self.0.reserve_exact(1);
+        self.0.push(socket);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What woke the connection's task.
@@ -573,7 +604,7 @@ impl Connection {
         ns.sockets
             .write()
             .insert(socket.0.id.clone(), socket.clone());
-        self.sockets.insert(nsp.clone(), socket.clone());
+        self.sockets.insert(socket.clone());
         let mut reply = serde_json::Map::new();
         reply.insert("sid".into(), Value::String(socket.id().to_owned()));
         // With connection state recovery, the private session id the client sends back.
