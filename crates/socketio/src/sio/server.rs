@@ -482,9 +482,7 @@ impl Connection {
                 }
             }
             PacketType::Event | PacketType::BinaryEvent => {
-                let Some(socket) = self.sockets.get(&packet.nsp).filter(|s| s.connected()) else {
-                    return None;
-                };
+                let socket = self.sockets.get(&packet.nsp).filter(|s| s.connected())?;
                 let Some(Value::Array(mut args)) = packet.data else {
                     return None;
                 };
