@@ -77,6 +77,25 @@ fn current_second() -> u32 {
     START.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
+/// Writes as much of `bytes` as `io` takes now: `Ok(None)` once all of it is written,
+/// `Ok(Some(n))` when only `bytes[..n]` was taken (the waker is registered for the rest).
+fn write_all<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+) -> Result<Option<usize>, WsError> {
+    let mut off = 0;
+    while off < bytes.len() {
+        match Pin::new(&mut *io).poll_write(cx, &bytes[off..]) {
+            Poll::Ready(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            Poll::Ready(Ok(n)) => off += n,
+            Poll::Ready(Err(e)) => return Err(e.into()),
+            Poll::Pending => return Ok(Some(off)),
+        }
+    }
+    Ok(None)
+}
+
 thread_local! {
     static READ_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
     static WRITE_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
@@ -686,22 +705,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
 
     /// Writes `bytes`; queues what the socket does not take (then `Pending`).
     fn write_scratch(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<Result<(), WsError>> {
-        let mut off = 0;
-        while off < bytes.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &bytes[off..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                }
-                Poll::Ready(Ok(n)) => off += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Pending => {
-                    let rest = Bytes::copy_from_slice(&bytes[off..]);
-                    self.pending.push_back(Chunk::Shared(rest));
-                    return Poll::Pending;
-                }
+        match write_all(&mut self.io, cx, bytes)? {
+            None => Poll::Ready(Ok(())),
+            Some(off) => {
+                let rest = Bytes::copy_from_slice(&bytes[off..]);
+                self.pending.push_back(Chunk::Shared(rest));
+                Poll::Pending
             }
         }
-        Poll::Ready(Ok(()))
     }
 
     /// Writes queued frames, then flushes the IO.
@@ -800,29 +811,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
             if scratch.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            let mut off = 0;
-            while off < scratch.len() {
-                match Pin::new(&mut self.io).poll_write(cx, &scratch[off..]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+            if let Some(off) = write_all(&mut self.io, cx, scratch)? {
+                let rest = Bytes::copy_from_slice(&scratch[off..]);
+                self.pending.push_front(if gathered_pongs == 0 {
+                    Chunk::Shared(rest)
+                } else {
+                    // Still counted: a peer that does not read cannot turn queued
+                    // pongs into uncounted bytes, flush after flush.
+                    Chunk::PongRest {
+                        bytes: rest,
+                        pongs: gathered_pongs,
                     }
-                    Poll::Ready(Ok(n)) => off += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                    Poll::Pending => {
-                        let rest = Bytes::copy_from_slice(&scratch[off..]);
-                        self.pending.push_front(if gathered_pongs == 0 {
-                            Chunk::Shared(rest)
-                        } else {
-                            // Still counted: a peer that does not read cannot turn queued
-                            // pongs into uncounted bytes, flush after flush.
-                            Chunk::PongRest {
-                                bytes: rest,
-                                pongs: gathered_pongs,
-                            }
-                        });
-                        return Poll::Pending;
-                    }
-                }
+                });
+                return Poll::Pending;
             }
             self.queued_pongs = self.queued_pongs.saturating_sub(gathered_pongs);
         }

@@ -427,6 +427,9 @@ where
             }
             Event::Timer => {
                 let now = Instant::now();
+                if batch.capacity() > 0 && last_write.is_none_or(|t| now - t > IDLE_AFTER) {
+                    batch = Vec::new();
+                }
                 if hold_until.is_some_and(|t| now >= t) {
                     hold_until = None;
                 }
@@ -475,13 +478,21 @@ pub(crate) fn batch_bytes(batch: &[Bytes]) -> u64 {
     batch.iter().map(|m| m.len() as u64).sum()
 }
 
-/// Empties `batch`, giving back its memory when it grew beyond what an idle connection needs.
+/// Empties `batch`, giving back its memory when a burst grew it beyond what steady traffic
+/// needs (a connection that keeps receiving reuses it write after write; an idle one gives it
+/// back at its next timer, see `Event::Timer`).
 fn release(batch: &mut Vec<Bytes>) {
     batch.clear();
-    if batch.capacity() > 16 {
+    if batch.capacity() > KEPT_BATCH_ITEMS {
         *batch = Vec::new();
     }
 }
+
+/// A connection that wrote nothing for this long gives back its batch buffer at its next timer.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Slots of the batch buffer kept from one write to the next (2 KiB).
+const KEPT_BATCH_ITEMS: usize = 64;
 
 #[cfg(test)]
 mod tests {
