@@ -6,6 +6,7 @@
 //! the queue is cleared and closed with [`DisconnectCode::SLOW`]: a slow consumer is disconnected
 //! with a code instead of growing the server's memory (the client reconnects and recovers).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
@@ -72,65 +73,24 @@ pub enum Drained {
     Closed(DisconnectCode),
 }
 
-/// The queue's state, behind its lock. The fields a push touches come first and, with the lock,
-/// fill one cache line (see [`Outbound`]): a publication to thousands of subscribers pushes to
-/// thousands of queues, and each cold line costs a cache miss per push.
 #[derive(Debug, Default)]
-#[repr(C)]
 struct State {
-    items: Vec<Bytes>,
+    controls: Vec<Control>,
+    items: VecDeque<Bytes>,
+    bytes: usize,
     waker: Option<Waker>,
-    /// Bytes queued (items and controls).
-    bytes: u32,
-    /// The queue's limit ([`Outbound::max_bytes`]).
-    max_bytes: u32,
     /// Queued bytes from which a push wakes the consumer (0: any push). A consumer that holds
     /// its writes ([`Outbound::poll_hold`]) sets it, so that it is woken only once the queue
     /// holds enough to write at once.
-    wake_at: u32,
-    /// `closed` is set.
-    is_closed: bool,
-    // Touched only by controls and closing.
-    controls: Vec<Control>,
+    wake_at: usize,
     closed: Option<DisconnectCode>,
 }
 
-impl State {
-    fn close(&mut self, code: DisconnectCode) {
-        self.closed = Some(code);
-        self.is_closed = true;
-    }
-
-    /// Whether `more` bytes fit (the first item always does).
-    fn fits(&self, more: usize) -> bool {
-        self.bytes == 0 || self.bytes as usize + more <= self.max_bytes as usize
-    }
-
-    fn add(&mut self, more: usize) {
-        // Bounded: `fits` holds, or the queue was empty and `more` is one message.
-        self.bytes = self
-            .bytes
-            .saturating_add(u32::try_from(more).unwrap_or(u32::MAX));
-    }
-
-    fn sub(&mut self, less: usize) {
-        self.bytes = self
-            .bytes
-            .saturating_sub(u32::try_from(less).unwrap_or(u32::MAX));
-    }
-}
-
-/// The largest queue limit (queued bytes are counted in 32 bits).
-const MAX_QUEUE_BYTES: usize = 1 << 31;
-
 /// The outbound queue. See the module docs.
-///
-/// Aligned to a cache line so that the lock and the fields a push touches share one line
-/// (the reference counts of the `Arc` that holds it sit on the line before).
 #[derive(Debug)]
-#[repr(C, align(64))]
 pub struct Outbound {
     state: Mutex<State>,
+    max_bytes: usize,
     closed: AtomicBool,
 }
 
@@ -146,36 +106,36 @@ pub enum PushOutcome {
 }
 
 impl Outbound {
-    /// An empty queue that holds at most `max_bytes` (at least one item is always accepted;
-    /// limits above 2 GiB count as 2 GiB).
+    /// An empty queue that holds at most `max_bytes` (at least one item is always accepted).
     pub fn new(max_bytes: usize) -> Self {
         Self {
-            state: Mutex::new(State {
-                max_bytes: max_bytes.min(MAX_QUEUE_BYTES) as u32,
-                ..State::default()
-            }),
+            state: Mutex::new(State::default()),
+            max_bytes,
             closed: AtomicBool::new(false),
         }
     }
 
     /// Queues one encoded message and wakes the consumer.
     pub fn push(&self, item: Bytes) -> PushOutcome {
+        if self.closed.load(Ordering::Relaxed) {
+            return PushOutcome::Closed;
+        }
         let waker;
         let outcome;
         {
             let mut state = self.state.lock();
-            if state.is_closed {
+            if state.closed.is_some() {
                 return PushOutcome::Closed;
             }
-            if !state.fits(item.len()) {
+            if state.bytes + item.len() > self.max_bytes && state.bytes > 0 {
                 self.overflow(&mut state);
                 outcome = PushOutcome::Overflow;
             } else {
-                state.add(item.len());
-                state.items.push(item);
+                state.bytes += item.len();
+                state.items.push_back(item);
                 outcome = PushOutcome::Queued;
             }
-            waker = if state.bytes >= state.wake_at || state.is_closed {
+            waker = if state.bytes >= state.wake_at || state.closed.is_some() {
                 state.waker.take()
             } else {
                 None
@@ -187,20 +147,12 @@ impl Outbound {
         outcome
     }
 
-    /// Reads the cache line a push locks, without locking it: a caller about to push to many
-    /// queues touches several of them first, so that their cache misses overlap instead of
-    /// following one another (each push's atomic operations wait for its miss).
-    #[inline]
-    pub fn touch(&self) {
-        std::hint::black_box(self.state.is_locked());
-    }
-
     /// Empties the queue and closes it with 3008 "slow"; the caller holds the lock.
     fn overflow(&self, state: &mut State) {
-        state.items = Vec::new();
+        state.items = VecDeque::new();
         state.controls = Vec::new();
         state.bytes = 0;
-        state.close(DisconnectCode::SLOW);
+        state.closed = Some(DisconnectCode::SLOW);
         self.closed.store(true, Ordering::Relaxed);
     }
 
@@ -211,11 +163,11 @@ impl Outbound {
     pub(crate) fn reserve(&self, bytes: usize) -> PushOutcome {
         let waker = {
             let mut state = self.state.lock();
-            if state.is_closed {
+            if state.closed.is_some() {
                 return PushOutcome::Closed;
             }
-            if state.fits(bytes) {
-                state.add(bytes);
+            if state.bytes + bytes <= self.max_bytes || state.bytes == 0 {
+                state.bytes += bytes;
                 return PushOutcome::Queued;
             }
             self.overflow(&mut state);
@@ -230,7 +182,7 @@ impl Outbound {
     /// Gives back bytes counted by [`Outbound::reserve`].
     pub(crate) fn release(&self, bytes: usize) {
         let mut state = self.state.lock();
-        state.sub(bytes);
+        state.bytes = state.bytes.saturating_sub(bytes);
     }
 
     /// Closes the queue with `code`: queued items are still delivered, then the consumer
@@ -238,10 +190,10 @@ impl Outbound {
     pub fn close(&self, code: DisconnectCode) {
         let waker = {
             let mut state = self.state.lock();
-            if state.is_closed {
+            if state.closed.is_some() {
                 return;
             }
-            state.close(code);
+            state.closed = Some(code);
             self.closed.store(true, Ordering::Relaxed);
             state.waker.take()
         };
@@ -258,14 +210,14 @@ impl Outbound {
         let size = control.size();
         let (waker, queued) = {
             let mut state = self.state.lock();
-            if state.is_closed {
+            if state.closed.is_some() {
                 return false;
             }
-            let queued = if !state.fits(size) {
+            let queued = if state.bytes + size > self.max_bytes && state.bytes > 0 {
                 self.overflow(&mut state);
                 false
             } else {
-                state.add(size);
+                state.bytes += size;
                 state.controls.push(control);
                 true
             };
@@ -282,7 +234,7 @@ impl Outbound {
         let mut state = self.state.lock();
         let controls = std::mem::take(&mut state.controls);
         let size: usize = controls.iter().map(Control::size).sum();
-        state.sub(size);
+        state.bytes = state.bytes.saturating_sub(size);
         controls
     }
 
@@ -320,9 +272,9 @@ impl Outbound {
                 taken += item.len();
                 into.push(item);
             }
-            state.sub(taken);
+            state.bytes -= taken;
             if state.items.is_empty() && state.items.capacity() > 64 {
-                state.items = Vec::new();
+                state.items = VecDeque::new();
             }
             return Poll::Ready(Drained::Items);
         }
@@ -351,7 +303,7 @@ impl Outbound {
     pub fn poll_queued(&self, cx: &mut Context<'_>) -> Poll<usize> {
         let mut state = self.state.lock();
         if !state.items.is_empty() || !state.controls.is_empty() || state.closed.is_some() {
-            return Poll::Ready(state.bytes as usize);
+            return Poll::Ready(state.bytes);
         }
         register(&mut state, cx, 0);
         Poll::Pending
@@ -362,7 +314,7 @@ impl Outbound {
     /// now); otherwise registers the consumer's waker to be woken only then, not by every push.
     pub fn poll_hold(&self, cx: &mut Context<'_>, limit: usize) -> Poll<()> {
         let mut state = self.state.lock();
-        if state.bytes as usize >= limit || !state.controls.is_empty() || state.is_closed {
+        if state.bytes >= limit || !state.controls.is_empty() || state.closed.is_some() {
             return Poll::Ready(());
         }
         register(&mut state, cx, limit);
@@ -371,18 +323,18 @@ impl Outbound {
 
     /// The queue's byte limit.
     pub fn max_bytes(&self) -> usize {
-        self.state.lock().max_bytes as usize
+        self.max_bytes
     }
 
     /// Bytes currently queued.
     pub fn queued_bytes(&self) -> usize {
-        self.state.lock().bytes as usize
+        self.state.lock().bytes
     }
 }
 
 /// Registers the consumer's waker, to be woken by pushes once `wake_at` bytes are queued.
 fn register(state: &mut State, cx: &Context<'_>, wake_at: usize) {
-    state.wake_at = u32::try_from(wake_at).unwrap_or(u32::MAX);
+    state.wake_at = wake_at;
     match &mut state.waker {
         Some(w) if w.will_wake(cx.waker()) => {}
         slot => *slot = Some(cx.waker().clone()),
@@ -392,26 +344,6 @@ fn register(state: &mut State, cx: &Context<'_>, wake_at: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The lock and every field a push touches share the first cache line.
-    #[test]
-    fn a_push_touches_one_cache_line() {
-        let q = Outbound::new(1 << 20);
-        let base = &q as *const Outbound as usize;
-        assert_eq!(base % 64, 0);
-        let state = q.state.lock();
-        let hot_end = &state.is_closed as *const bool as usize + 1;
-        assert!(hot_end - base <= 64, "hot fields end at {}", hot_end - base);
-        for field in [
-            &state.items as *const _ as usize,
-            &state.waker as *const _ as usize,
-            &state.bytes as *const _ as usize,
-            &state.max_bytes as *const _ as usize,
-            &state.wake_at as *const _ as usize,
-        ] {
-            assert!(field - base < 64);
-        }
-    }
     use std::task::Waker;
 
     fn drain(q: &Outbound) -> Poll<(Drained, Vec<Bytes>)> {

@@ -198,9 +198,6 @@ pub(crate) struct Channel {
 
 type Shard = RwLock<HashMap<Box<str>, Channel>>;
 
-/// How many subscribers' queues a delivery touches at once before pushing to them.
-const TOUCH_AHEAD: usize = 32;
-
 /// See the module docs.
 pub(crate) struct Registry {
     shards: Box<[Shard]>,
@@ -321,19 +318,7 @@ impl Registry {
         filter: impl Fn(&Subscriber) -> bool,
     ) -> usize {
         let mut delivered = 0;
-        // The queues of the next few subscribers are touched together before pushing to them
-        // (see `Outbound::touch`): the pushes' atomic operations wait for each cache miss in
-        // turn, plain reads issued back to back overlap theirs.
-        let mut ahead = ch.subs.values();
-        for (i, sub) in ch.subs.values().enumerate() {
-            if i % TOUCH_AHEAD == 0 {
-                for next in ahead.by_ref().take(TOUCH_AHEAD) {
-                    next.out.touch();
-                }
-            }
-            if !filter(sub) {
-                continue;
-            }
+        for sub in ch.subs.values().filter(|s| filter(s)) {
             let tracked = sub.positioned && offset != 0;
             if tracked && sub.track.is_stale() {
                 continue;
