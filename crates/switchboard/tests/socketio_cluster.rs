@@ -4,6 +4,8 @@
 //! The clients speak Socket.IO v5 over an Engine.IO WebSocket, written out here (the npm
 //! `socket.io-client` covers the same in e2e/).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -52,12 +54,7 @@ async fn node(broker: Broker) -> (SocketAddr, SocketIo, Node) {
     });
     io.ns("/chat", |_| {});
     let app = node.router().merge(node.socketio(&io));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service).await.unwrap();
-    });
+    let addr = common::serve(app).await;
     (addr, io, node)
 }
 

@@ -3,6 +3,8 @@
 //! were made, also when many are made at once. The clients speak Socket.IO v5 over an
 //! Engine.IO WebSocket, written out here.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -51,12 +53,7 @@ async fn node() -> (SocketAddr, Node) {
         });
     });
     let app = node.router().merge(node.socketio(&io));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service).await.unwrap();
-    });
+    let addr = common::serve(app).await;
     (addr, node)
 }
 
