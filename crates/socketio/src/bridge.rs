@@ -20,7 +20,7 @@
 //!
 //! A room publication is converted into its Socket.IO event once, not once per socket, and its
 //! arguments pass through as raw JSON (see [`fanout`]); with recovery on, each socket's events
-//! carry its own offset, so each is encoded apart.
+//! carry its own offset as their last argument, added to a copy of the converted event.
 
 mod fanout;
 
@@ -799,14 +799,27 @@ impl DriveState {
     /// One frame of the hub session's outbound queue: a room publication takes the shared
     /// path (see [`fanout`]), anything else is handled line by line.
     fn handle_frame(&mut self, item: &Bytes) {
-        if !self.recovery {
-            if let Some(event) = fanout::room_event(item, self.socket.ns()) {
-                let own = event.from.is_some() && self.own.is_some() && event.from == self.own;
-                if !own {
-                    self.shared.push(event.message);
+        if let Some(event) = fanout::room_event(item, self.socket.ns()) {
+            if self.recovery {
+                // As `publication` does: the position moves even for the socket's own.
+                if let (Some(channel), Some(offset)) = (&event.channel, event.offset) {
+                    if let Some(pos) = self.positions.get_mut(&**channel) {
+                        pos.0 = offset;
+                    }
                 }
-                return;
             }
+            let own = event.from.is_some() && self.own.is_some() && event.from == self.own;
+            if !own {
+                let message = if self.recovery {
+                    event
+                        .message
+                        .with_string_argument(&encode_offset(&self.positions))
+                } else {
+                    event.message
+                };
+                self.shared.push(message);
+            }
+            return;
         }
         self.flush();
         for line in item.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -930,7 +943,8 @@ impl DriveState {
 /// Longest offset string accepted from a client.
 const MAX_OFFSET_LEN: usize = 64 * 1024;
 
-/// The offset string: the socket's rooms (channels) with their positions, base64url JSON.
+/// The offset string: the socket's rooms (channels) with their positions, base64url JSON (so
+/// it needs no escaping inside a JSON string).
 fn encode_offset(positions: &BTreeMap<String, (u64, String)>) -> String {
     use base64::Engine as _;
     let list: Vec<Value> = positions

@@ -11,8 +11,10 @@
 //!
 //! Only frames that are one plain publication are converted: any other frame (a reply, a
 //! join, leave or disconnect push, several lines, a publication with binary attachments) gives
-//! `None` and the caller takes its general path. With connection state recovery every event carries the socket's own offset, so the
-//! caller does not use this module then.
+//! `None` and the caller takes its general path. With connection state recovery every event
+//! carries the socket's own offset as its last argument: the caller then adds it to the shared
+//! event (one copy of the encoded event per socket, no parsing), moving the socket's position
+//! in the room from [`RoomEvent::channel`] and [`RoomEvent::offset`].
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -36,6 +38,10 @@ pub(super) struct RoomEvent {
     pub(super) message: SharedMessage,
     /// The hub client that published it (its own socket does not get it back).
     pub(super) from: Option<Arc<str>>,
+    /// The room's channel.
+    pub(super) channel: Option<Arc<str>>,
+    /// The publication's position in the channel's stream (with history).
+    pub(super) offset: Option<u64>,
 }
 
 /// The room event of `frame` (a hub frame) for namespace `ns`, or `None` when the frame is
@@ -125,6 +131,8 @@ struct Line<'a> {
 
 #[derive(Deserialize)]
 struct Push<'a> {
+    #[serde(borrow)]
+    channel: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, rename = "pub")]
     publication: Option<Publication<'a>>,
 }
@@ -135,6 +143,7 @@ struct Publication<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     info: Option<Info<'a>>,
+    offset: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +171,7 @@ fn convert(frame: &[u8], ns: &str) -> Option<RoomEvent> {
     }
     // Several lines (or trailing data) do not parse as one `Line`.
     let line: Line<'_> = serde_json::from_slice(frame).ok()?;
+    let channel = line.push.channel.map(|c| Arc::from(c.as_ref()));
     let publication = line.push.publication?;
     let data = publication.data?;
     let mut text = String::with_capacity(data.get().len() + ns.len() + 16);
@@ -209,6 +219,8 @@ fn convert(frame: &[u8], ns: &str) -> Option<RoomEvent> {
     Some(RoomEvent {
         message: SharedMessage::new(&text),
         from,
+        channel,
+        offset: publication.offset,
     })
 }
 
@@ -235,6 +247,28 @@ mod tests {
         assert_eq!(
             event(line, "/chat").unwrap().0,
             r#"42/chat,["bench",{"s":1,"t":2,"p":"x"},1.50,"\u00e9"]"#
+        );
+    }
+
+    /// What a socket with recovery needs to move its position: the room's channel and the
+    /// publication's offset; and its event with the offset as the last argument.
+    #[test]
+    fn events_carry_their_channel_and_offset() {
+        let line = r#"{"push":{"channel":"r\u0031","pub":{"data":{"event":"e","args":[1.50]},"offset":7}}}"#;
+        let frame = Bytes::copy_from_slice(line.as_bytes());
+        let e = room_event(&frame, "/").unwrap();
+        assert_eq!(e.channel.as_deref(), Some("r1"));
+        assert_eq!(e.offset, Some(7));
+        assert_eq!(
+            e.message.with_string_argument("b2Zm").as_str(),
+            r#"42["e",1.50,"b2Zm"]"#
+        );
+        let line = r#"{"push":{"channel":"a","pub":{"data":{"event":"e","args":[]}}}}"#;
+        let e = room_event(&Bytes::copy_from_slice(line.as_bytes()), "/x").unwrap();
+        assert_eq!(e.offset, None);
+        assert_eq!(
+            e.message.with_string_argument("o").as_str(),
+            r#"42/x,["e","o"]"#
         );
     }
 

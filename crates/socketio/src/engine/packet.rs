@@ -61,6 +61,20 @@ impl SharedMessage {
         &self.0
     }
 
+    /// This message, a Socket.IO event (`…]`), with one more string argument at the end
+    /// (`…,"arg"]`). `arg` is put in as it is: it must need no JSON escaping.
+    pub(crate) fn with_string_argument(&self, arg: &str) -> Self {
+        debug_assert!(self.0.ends_with(b"]"), "an event's arguments end with ]");
+        debug_assert!(!arg.contains(['"', '\\']), "the argument needs no escaping");
+        let head = &self.0[..self.0.len().saturating_sub(1)];
+        let mut b = Vec::with_capacity(head.len() + arg.len() + 4);
+        b.extend_from_slice(head);
+        b.extend_from_slice(b",\"");
+        b.extend_from_slice(arg.as_bytes());
+        b.extend_from_slice(b"\"]");
+        Self(b.into())
+    }
+
     /// The packet's bytes (type digit included).
     pub fn into_bytes(self) -> Bytes {
         self.0
