@@ -7,25 +7,36 @@
 #                                            all 517 cases, compression included, ~10 min
 #   crates/ws/scripts/autobahn.sh "1.*,5.*"  just these cases (comma-separated patterns)
 #
-# Builds the example in release mode, starts it on a free loopback port, runs the suite with
-# the repository's own harness (autobahn/run.sh: installs it from PyPI into a cached venv on
-# first use; see README.md next to this file), stops the server, and exits non-zero when any case
-# FAILED or is missing. Reports go to <cargo target dir>/autobahn/ (latest/index.html).
+# Builds the example in release mode (unless AUTOBAHN_ECHO_BIN, below, names one), starts it on a
+# free loopback port, runs the suite with the repository's own harness (autobahn/run.sh: installs
+# it from PyPI into a cached venv on first use; see README.md next to this file), stops the
+# server, and exits non-zero when any case FAILED or is missing. Reports go to
+# <cargo target dir>/autobahn/ (latest/index.html).
 #
 # Environment: SWITCHBOARD_FULL=1 as above; AUTOBAHN_EXCLUDE, AUTOBAHN_TIMEOUT (default 600 s for
-# the fast set, 1800 s for the full suite) and the other AUTOBAHN_* settings of autobahn/run.sh.
+# the fast set, 1800 s for the full suite) and the other AUTOBAHN_* settings of autobahn/run.sh;
+# SWITCHBOARD_PROFILE, the cargo profile to build the example with (default release; scripts/test
+# uses ci-release); AUTOBAHN_ECHO_BIN, an echo example already built (then nothing is built here).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../../.." && pwd)"
 RUN="$HERE/autobahn/run.sh"
 
-echo "autobahn.sh: building the echo example (release) ..." >&2
-cargo build --quiet --release --manifest-path "$REPO/Cargo.toml" -p switchboard-ws --example echo
+PROFILE="${SWITCHBOARD_PROFILE:-release}"
 # cargo's own answer, so CARGO_TARGET_DIR and build.target-dir are honoured.
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$REPO/Cargo.toml" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-BIN="$TARGET_DIR/release/examples/echo"
+if [[ -n "${AUTOBAHN_ECHO_BIN:-}" ]]; then
+  BIN="$AUTOBAHN_ECHO_BIN"
+  [[ -x "$BIN" ]] || { echo "autobahn.sh: AUTOBAHN_ECHO_BIN: no executable at $BIN" >&2; exit 2; }
+else
+  echo "autobahn.sh: building the echo example ($PROFILE) ..." >&2
+  cargo build --quiet --profile "$PROFILE" --manifest-path "$REPO/Cargo.toml" -p switchboard-ws --example echo
+  PROFILE_DIR="$PROFILE"
+  [[ "$PROFILE" == dev || "$PROFILE" == test ]] && PROFILE_DIR=debug
+  BIN="$TARGET_DIR/$PROFILE_DIR/examples/echo"
+fi
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 LOG="$(mktemp -t switchboard-ws-echo.XXXXXX.log)"
