@@ -217,12 +217,43 @@ async fn nats_down_at_startup() {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let pid = child.id().expect("nats-server running").to_string();
+    let id = child.id().expect("nats-server running");
+    let pid = id.to_string();
     let status = std::process::Command::new("kill")
         .args([sig, &pid])
         .status()
         .unwrap();
     assert!(status.success(), "kill {sig} {pid}");
+    if sig == "-STOP" {
+        wait_stopped(id);
+    }
+}
+
+/// Waits until every thread of process `pid` is stopped (`T` in `/proc`): `kill -STOP` returns
+/// once the signal is sent, and a thread running on another core (a loaded machine) may still
+/// answer a request that arrives in between.
+fn wait_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|task| {
+                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                })
+            })
+            .unwrap_or(false);
+        if stopped {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// A frozen server (SIGSTOP) keeps its TCP connection open, so the client does not notice it for
