@@ -22,7 +22,12 @@
 //! arguments pass through as raw JSON (see [`fanout`]); with recovery on, each socket's events
 //! carry its own offset as their last argument, added to a copy of the converted event.
 
+mod broadcasts;
 mod fanout;
+mod offset;
+
+use broadcasts::{deliver_broadcasts, Broadcasts};
+use offset::{decode_offset, encode_offset};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::{poll_fn, Future as _};
@@ -34,7 +39,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use switchboard_hub::{Client, Drained, Hub, TransportInfo};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::engine::SharedMessage;
 use crate::sio::{ConnectError, Handlers, Payload, Socket};
@@ -76,115 +81,6 @@ pub struct HubBridge {
 
 /// The Engine.IO path [`HubBridge::with_path`] assumes.
 const DEFAULT_PATH: &str = "/socket.io/";
-/// Most namespace-wide broadcasts carried by one relay message.
-const MAX_BROADCAST_BATCH: usize = 256;
-/// Most bytes of broadcasts carried by one relay message (a larger broadcast goes alone): the
-/// brokers' message size limits (NATS: 1 MiB by default) apply to the whole batch.
-const MAX_BROADCAST_BATCH_BYTES: usize = 256 * 1024;
-
-/// Namespace-wide broadcasts of library mode on their way to every node: queued in the order
-/// they are made, and sent by one task, in that order, as relay messages to every node
-/// ([`Hub::relay_all`], topic `socketio-broadcast` + the Engine.IO path), which deliver them to
-/// their own sockets of the namespace. One relay message carries what queued up meanwhile (a
-/// JSON array of broadcasts).
-struct Broadcasts {
-    topic: String,
-    queue: std::sync::OnceLock<mpsc::UnboundedSender<String>>,
-}
-
-impl Broadcasts {
-    fn new(path: &str) -> Arc<Self> {
-        Arc::new(Self {
-            topic: format!("socketio-broadcast{path}"),
-            queue: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// Queues one broadcast (JSON text; the sending task starts with the first).
-    fn send(&self, hub: &Hub, item: String) {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(send_broadcasts(hub.clone(), self.topic.clone(), rx));
-            tx
-        });
-        let _ = queue.send(item);
-    }
-}
-
-/// Sends the queued broadcasts to every node, in order, until the bridge is gone.
-async fn send_broadcasts(hub: Hub, topic: String, mut rx: mpsc::UnboundedReceiver<String>) {
-    let mut queued = std::collections::VecDeque::new();
-    let mut received = Vec::new();
-    loop {
-        if queued.is_empty() {
-            if rx.recv_many(&mut received, MAX_BROADCAST_BATCH).await == 0 {
-                return;
-            }
-        } else {
-            while queued.len() + received.len() < MAX_BROADCAST_BATCH {
-                match rx.try_recv() {
-                    Ok(item) => received.push(item),
-                    Err(_) => break,
-                }
-            }
-        }
-        queued.extend(received.drain(..));
-        let mut data = String::from("[");
-        let mut n = 0;
-        while let Some(item) = queued.front() {
-            if n == MAX_BROADCAST_BATCH
-                || (n > 0 && data.len() + item.len() > MAX_BROADCAST_BATCH_BYTES)
-            {
-                break;
-            }
-            if n > 0 {
-                data.push(',');
-            }
-            data.push_str(item);
-            queued.pop_front();
-            n += 1;
-        }
-        data.push(']');
-        if let Err(e) = hub.relay_all(&topic, data).await {
-            tracing::warn!(
-                error = ?e,
-                broadcasts = n,
-                "socket.io: namespace broadcasts lost: the broker refused them"
-            );
-        }
-    }
-}
-
-/// Delivers a batch of namespace-wide broadcasts (from any node) to this node's sockets.
-fn deliver_broadcasts(io: &crate::sio::SocketIo, data: &str) {
-    use base64::Engine as _;
-    let Ok(Value::Array(items)) = serde_json::from_str::<Value>(data) else {
-        tracing::debug!("socket.io: malformed broadcast relay message");
-        return;
-    };
-    let b64 = base64::engine::general_purpose::STANDARD;
-    for item in items {
-        let (Some(nsp), Some(Value::Array(array))) =
-            (item.get("nsp").and_then(Value::as_str), item.get("data"))
-        else {
-            continue;
-        };
-        let Some((Value::String(event), args)) = array.split_first() else {
-            continue;
-        };
-        let bins = match item.get("bins") {
-            Some(Value::Array(b)) => b
-                .iter()
-                .filter_map(|v| b64.decode(v.as_str()?).ok().map(Bytes::from))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let packet = crate::sio::Packet::event(nsp, event, args.to_vec(), bins, None);
-        let except = item.get("except").and_then(Value::as_str);
-        io.deliver_remote(&packet, &[], except);
-    }
-}
-
 /// A socket's hub session: where its commands go, and its hub client id.
 #[derive(Clone)]
 struct HubSession {
@@ -432,7 +328,7 @@ impl HubBridge {
     pub fn attach(&self, io: &crate::sio::SocketIo) {
         let weak = io.downgrade();
         self.hub.on_relay(
-            &self.broadcasts.topic,
+            self.broadcasts.topic(),
             Arc::new(move |data: String| {
                 if let Some(io) = weak.upgrade() {
                     deliver_broadcasts(&io, &data);
@@ -940,42 +836,6 @@ impl DriveState {
     }
 }
 
-/// Longest offset string accepted from a client.
-const MAX_OFFSET_LEN: usize = 64 * 1024;
-
-/// The offset string: the socket's rooms (channels) with their positions, base64url JSON (so
-/// it needs no escaping inside a JSON string).
-///
-/// Written straight into one buffer (no `Value`): every event of a socket with recovery carries
-/// one, so it is on the fan-out's path.
-fn encode_offset(positions: &BTreeMap<String, (u64, String)>) -> String {
-    use base64::Engine as _;
-    let mut list = Vec::with_capacity(64);
-    list.push(b'[');
-    for (i, (channel, (offset, epoch))) in positions.iter().enumerate() {
-        if i > 0 {
-            list.push(b',');
-        }
-        serde_json::to_writer(&mut list, &(channel, offset, epoch))
-            .expect("serialising into a Vec does not fail");
-    }
-    list.push(b']');
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(list)
-}
-
-/// Decodes an offset string (`None` when malformed or too long).
-fn decode_offset(s: &str) -> Option<BTreeMap<String, (u64, String)>> {
-    use base64::Engine as _;
-    if s.len() > MAX_OFFSET_LEN {
-        return None;
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()?;
-    let list: Vec<(String, u64, String)> = serde_json::from_slice(&bytes).ok()?;
-    Some(list.into_iter().map(|(c, o, e)| (c, (o, e))).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1027,66 +887,6 @@ mod tests {
         for (name, size) in sizes {
             assert!(size <= 1024, "the {name} future takes {size} bytes");
         }
-    }
-
-    #[test]
-    fn offsets_are_the_json_list_of_rooms() {
-        use base64::Engine as _;
-        let mut p = BTreeMap::new();
-        assert_eq!(encode_offset(&p), "W10"); // []
-        p.insert("a\"b".to_owned(), (7, "e1".to_owned()));
-        p.insert("c".to_owned(), (0, String::new()));
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(encode_offset(&p))
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(json).unwrap(),
-            json!([["a\"b", 7, "e1"], ["c", 0, ""]]).to_string()
-        );
-    }
-
-    #[test]
-    fn offsets_round_trip_and_refuse_garbage() {
-        let mut p = BTreeMap::new();
-        p.insert("chat:a".to_owned(), (7, "ep".to_owned()));
-        assert_eq!(decode_offset(&encode_offset(&p)), Some(p));
-        assert_eq!(decode_offset("!!"), None);
-        assert_eq!(decode_offset(&"A".repeat(MAX_OFFSET_LEN + 1)), None);
-    }
-
-    #[tokio::test]
-    async fn broadcasts_reach_the_relay_in_order_in_bounded_batches() {
-        let hub = Hub::new(
-            switchboard_hub::HubConfig::default(),
-            Arc::new(switchboard_hub::MemoryBroker::new()),
-            "node".into(),
-        );
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        hub.on_relay(
-            "socketio-broadcast/p/",
-            Arc::new(move |data: String| {
-                let _ = tx.send(data);
-            }),
-        );
-        let broadcasts = Broadcasts::new("/p/");
-        let big = "x".repeat(MAX_BROADCAST_BATCH_BYTES);
-        let n = 2 * MAX_BROADCAST_BATCH + 10;
-        for i in 0..n {
-            let item = if i == 5 { json!([i, big]) } else { json!([i]) };
-            broadcasts.send(&hub, item.to_string());
-        }
-        let mut seen = Vec::new();
-        while seen.len() < n {
-            let batch = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
-                .await
-                .expect("a batch in time")
-                .expect("relay open");
-            let items: Vec<Value> = serde_json::from_str(&batch).unwrap();
-            assert!(items.len() <= MAX_BROADCAST_BATCH);
-            assert!(items.len() == 1 || batch.len() <= MAX_BROADCAST_BATCH_BYTES + 2);
-            seen.extend(items.iter().map(|v| v[0].as_u64().unwrap()));
-        }
-        assert_eq!(seen, (0..n as u64).collect::<Vec<_>>());
     }
 
     #[test]
