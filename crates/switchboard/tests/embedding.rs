@@ -4,6 +4,7 @@
 #[path = "../examples/chat.rs"]
 #[allow(dead_code)]
 mod chat;
+mod common;
 #[path = "../examples/rpc.rs"]
 #[allow(dead_code)]
 mod rpc;
@@ -35,17 +36,6 @@ async fn connect(url: &str, data: Option<Value>) -> Result<Client, ClientError> 
     builder.connect().await
 }
 
-/// Serves an axum app on a free port in the background.
-async fn serve_app(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service).await.unwrap();
-    });
-    addr
-}
-
 async fn start(node: Node) -> switchboard::Server {
     node.start("127.0.0.1:0".parse().unwrap()).await.unwrap()
 }
@@ -61,7 +51,7 @@ async fn next_data(sub: &mut switchboard_client::Subscription) -> Value {
 #[tokio::test]
 async fn chat_example_checks_nicknames_rooms_and_messages() {
     let (app, _node) = chat::app().await.unwrap();
-    let addr = serve_app(app).await;
+    let addr = common::serve(app).await;
     let url = url(addr, "/realtime");
 
     let err = connect(&url, None).await.unwrap_err();
@@ -238,7 +228,7 @@ async fn handlers_and_http_proxies_compose_per_namespace() {
             }
         }),
     );
-    let proxy_addr = serve_app(proxy).await;
+    let proxy_addr = common::serve(proxy).await;
     // Built in code; the same as `[proxy] subscribe_endpoint = ...` and
     // `[[channel.namespaces]] name = "proxied", proxy_subscribe = true` plus a `rooms` namespace.
     let mut config = Config::development();
