@@ -213,6 +213,34 @@ pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() ->
     .await;
 }
 
+/// Waits until every thread of process `pid` is stopped (`T` in `/proc`), for tests that freeze a
+/// broker with `kill -STOP`: the signal is only sent when `kill` returns, and a thread running on
+/// another core (a loaded machine) may still answer a request that arrives in between. Panics
+/// after 10 s.
+pub fn wait_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|task| {
+                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                })
+            })
+            .unwrap_or(false);
+        if stopped {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Calls `call` until it returns `Ok`, every 10 ms for up to `within`, and returns its value;
 /// panics naming `what` and the last error when the time is up. For conditions that need an
 /// async call, such as a read from the broker.

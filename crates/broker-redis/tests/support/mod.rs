@@ -273,7 +273,7 @@ impl RedisServer {
             .unwrap();
         assert!(status.success());
         if signal == "-STOP" {
-            wait_stopped(pid);
+            switchboard_hub::conformance::wait_stopped(pid);
         }
     }
 
@@ -367,32 +367,5 @@ impl RedisCluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
-    }
-}
-
-/// Waits until every thread of process `pid` is stopped (`T` in `/proc`): `kill -STOP` returns
-/// once the signal is sent, and a thread running on another core (a loaded machine) may still
-/// answer a request that arrives in between.
-fn wait_stopped(pid: u32) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks.flatten().all(|task| {
-                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                        stat.rsplit_once(')')
-                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-                    })
-                })
-            })
-            .unwrap_or(false);
-        if stopped {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "process {pid} did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
