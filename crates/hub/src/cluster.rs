@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use switchboard_proto::{ClientInfo, DisconnectCode, Publication};
 
 use crate::broker::BrokerEvents;
+use crate::burst;
 use crate::hub::{Inner, NodeStats};
 use crate::registry::Registry;
 
@@ -119,22 +120,29 @@ pub(crate) struct HubEvents {
 
 impl BrokerEvents for HubEvents {
     fn publication(&self, channel: &str, publication: &Publication) {
-        self.registry.publication(channel, publication);
+        self.registry.publication_or_gather(channel, publication);
     }
 
+    // The other events first deliver the publications gathered before them (see
+    // `crate::burst`), so that they keep their place.
+
     fn join(&self, channel: &str, info: &ClientInfo) {
+        burst::deliver_gathered();
         self.registry.join(channel, info);
     }
 
     fn leave(&self, channel: &str, info: &ClientInfo) {
+        burst::deliver_gathered();
         self.registry.leave(channel, info);
     }
 
     fn gap(&self, channel: &str) {
+        burst::deliver_gathered();
         self.registry.gap(channel);
     }
 
     fn control(&self, message: &[u8]) {
+        burst::deliver_gathered();
         let Some(inner) = self.hub.upgrade() else {
             return;
         };

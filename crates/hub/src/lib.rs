@@ -34,6 +34,7 @@
 
 pub mod auth;
 mod broker;
+pub mod burst;
 mod channel;
 pub mod cluster;
 pub mod config;

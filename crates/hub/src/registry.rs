@@ -17,6 +17,7 @@ use switchboard_proto::{
 };
 
 use crate::broker::BrokerEvents;
+use crate::burst;
 use crate::metrics::Metrics;
 use crate::outbound::Control;
 use crate::outbound::{Outbound, PushOutcome};
@@ -319,22 +320,7 @@ impl Registry {
     ) -> usize {
         let mut delivered = 0;
         for sub in ch.subs.values().filter(|s| filter(s)) {
-            let tracked = sub.positioned && offset != 0;
-            if tracked && sub.track.is_stale() {
-                continue;
-            }
-            let outcome = match &sub.gate {
-                Some(gate) => gate.offer(offset, message, sub.positioned),
-                None if tracked && !sub.track.admit(offset) => None,
-                None => Some(sub.out.push(message.clone())),
-            };
-            let Some(outcome) = outcome else {
-                sub.track.tell(&sub.out, channel);
-                continue;
-            };
-            // An overflow closes the queue with 3008; the connection's transport counts the
-            // disconnect when it closes (once, whichever push overflowed).
-            if let PushOutcome::Queued = outcome {
+            if offer(sub, channel, message, offset) {
                 delivered += 1;
             }
         }
@@ -342,6 +328,85 @@ impl Registry {
             .messages_out(delivered as u64, (delivered * message.len()) as u64);
         delivered
     }
+
+    /// [`BrokerEvents::publication`], gathered for delivery with the rest of a burst while the
+    /// thread is in a gathering poll (see [`crate::burst`]), delivered at once otherwise.
+    ///
+    /// Publications with an offset (channels with history) are never gathered: the broker
+    /// calls this under the channel's stream lock so that publishers on several threads
+    /// deliver in offset order, which a delivery put off to the end of a poll would not keep.
+    /// What was gathered before them is delivered first, so they keep their place.
+    pub(crate) fn publication_or_gather(
+        self: &Arc<Self>,
+        channel: &str,
+        publication: &Publication,
+    ) {
+        if publication.offset != 0 || !burst::gathering() {
+            burst::deliver_gathered();
+            self.publication(channel, publication);
+            return;
+        }
+        self.metrics.publication();
+        if !self.shard(channel).read().contains_key(channel) {
+            return;
+        }
+        let message = encode_publication_push(channel, publication);
+        burst::gather(self, channel, message);
+    }
+
+    /// Delivers consecutive publications of `channel` without offsets (encoded pushes, in
+    /// order) to its local subscribers, as [`BrokerEvents::publication`] for each would: a
+    /// subscriber whose subscribe is done gets them with one [`Outbound::push_many`].
+    pub(crate) fn deliver_run(&self, channel: &str, messages: &[Bytes]) {
+        let shard = self.shard(channel).read();
+        let Some(ch) = shard.get(channel) else {
+            return;
+        };
+        if let [message] = messages {
+            self.deliver(ch, channel, message, 0, |_| true);
+            return;
+        }
+        let mut delivered = 0;
+        let mut bytes = 0;
+        for sub in ch.subs.values() {
+            if sub.gate.is_none() {
+                // Without an offset nothing is checked against a position: all of them go.
+                let queued = sub.out.push_many(messages.iter());
+                delivered += queued;
+                bytes += messages[..queued].iter().map(Bytes::len).sum::<usize>();
+                continue;
+            }
+            for message in messages {
+                if offer(sub, channel, message, 0) {
+                    delivered += 1;
+                    bytes += message.len();
+                }
+            }
+        }
+        self.metrics.messages_out(delivered as u64, bytes as u64);
+    }
+}
+
+/// Offers one publication (or join/leave push, `offset` 0) to a subscriber: through its gate
+/// while it subscribes, checked against its position when it is positioned. Returns whether it
+/// was queued.
+fn offer(sub: &Subscriber, channel: &str, message: &Bytes, offset: u64) -> bool {
+    let tracked = sub.positioned && offset != 0;
+    if tracked && sub.track.is_stale() {
+        return false;
+    }
+    let outcome = match &sub.gate {
+        Some(gate) => gate.offer(offset, message, sub.positioned),
+        None if tracked && !sub.track.admit(offset) => None,
+        None => Some(sub.out.push(message.clone())),
+    };
+    let Some(outcome) = outcome else {
+        sub.track.tell(&sub.out, channel);
+        return false;
+    };
+    // An overflow closes the queue with 3008; the connection's transport counts the
+    // disconnect when it closes (once, whichever push overflowed).
+    outcome == PushOutcome::Queued
 }
 
 impl BrokerEvents for Registry {
@@ -385,6 +450,7 @@ fn tell_positioned(ch: &Channel, channel: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::task::{Context, Poll, Waker};
 
     use serde_json::value::RawValue;
@@ -524,5 +590,209 @@ mod tests {
         }
         open(&out, &gate, "ch", 3);
         assert_eq!(queued(&out), (vec![4], true));
+    }
+    /// Runs `f` inside one gathering poll (see [`crate::burst`]).
+    fn in_one_poll(f: impl FnOnce()) {
+        let mut f = Some(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        let future = burst::gathered(std::future::poll_fn(|_| {
+            (f.take().expect("polled once"))();
+            Poll::Ready(())
+        }));
+        assert!(std::pin::pin!(future).poll(&mut cx).is_ready());
+    }
+
+    /// Everything queued for `out` (raw), and whether a control is waiting.
+    fn raw_queue(out: &Outbound) -> (Vec<Bytes>, bool) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut batch = Vec::new();
+        let _ = out.poll_drain(&mut cx, &mut batch, 1024, false);
+        (batch, !out.take_controls().is_empty())
+    }
+
+    /// A publication without an offset (no history), told apart by its data `{"n": n}`.
+    fn unpositioned(n: u64) -> Publication {
+        Publication {
+            offset: 0,
+            ..publication(n)
+        }
+    }
+
+    /// `(channel, n)` of every message queued for `out`, where `n` is the publication's offset
+    /// or, without one, its data's `n`.
+    fn queued_ids(out: &Outbound) -> Vec<(String, u64)> {
+        raw_queue(out)
+            .0
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                let p = &v["push"]["pub"];
+                let n = p["offset"]
+                    .as_u64()
+                    .unwrap_or_else(|| p["data"]["n"].as_u64().unwrap());
+                (v["push"]["channel"].as_str().unwrap().to_string(), n)
+            })
+            .collect()
+    }
+
+    /// Subscribers of every kind on `channel`: plain, positioned with no position yet,
+    /// positioned at 5, one told about a gap (stale), subscribing (gate closed, opened at 5
+    /// after the publications), one whose queue overflows in the middle of a burst.
+    fn every_kind(registry: &Registry, channel: &str) -> Vec<(Arc<Outbound>, Option<Arc<Gate>>)> {
+        let plain = Arc::new(Outbound::new(1 << 20));
+        registry.add(channel, 1, subscriber(&plain, false));
+        let unknown = Arc::new(Outbound::new(1 << 20));
+        registry.add(channel, 2, subscriber(&unknown, true));
+        let at_five = subscribed(registry, channel, 3, 5);
+        let stale = subscribed(registry, channel, 4, 5);
+        registry.gap(channel);
+        let (gated, gate) = subscribing(registry, channel, 5);
+        let small = Arc::new(Outbound::new(120));
+        registry.add(channel, 6, subscriber(&small, false));
+        vec![
+            (plain, None),
+            (unknown, None),
+            (at_five, None),
+            (stale, None),
+            (gated, Some(gate)),
+            (small, None),
+        ]
+    }
+
+    /// A burst gathered in one poll reaches every kind of subscriber exactly as the same
+    /// publications delivered one by one: same messages, same order, same controls, same
+    /// overflow.
+    #[test]
+    fn a_burst_is_delivered_as_each_publication_would_be() {
+        for count in [1, 2, 3, 7] {
+            let one_by_one = Arc::new(Registry::new(Arc::new(Metrics::default())));
+            let burst = Arc::new(Registry::new(Arc::new(Metrics::default())));
+            let expected = every_kind(&one_by_one, "ch");
+            let got = every_kind(&burst, "ch");
+            for n in 1..=count {
+                one_by_one.publication("ch", &unpositioned(n));
+            }
+            let before: Vec<usize> = got.iter().map(|(out, _)| out.queued_bytes()).collect();
+            in_one_poll(|| {
+                for n in 1..=count {
+                    burst.publication_or_gather("ch", &unpositioned(n));
+                }
+                // Nothing is delivered before the poll ends.
+                let during: Vec<usize> = got.iter().map(|(out, _)| out.queued_bytes()).collect();
+                assert_eq!(during, before);
+            });
+            for (i, ((e, e_gate), (g, g_gate))) in expected.iter().zip(&got).enumerate() {
+                if let (Some(e_gate), Some(g_gate)) = (e_gate, g_gate) {
+                    open(e, e_gate, "ch", 5);
+                    open(g, g_gate, "ch", 5);
+                }
+                assert_eq!(
+                    (raw_queue(g), g.is_closed()),
+                    (raw_queue(e), e.is_closed()),
+                    "subscriber {i}, {count} publications"
+                );
+            }
+        }
+    }
+
+    /// Gathered publications keep their order across channels (a run ends where another
+    /// channel's publication comes between) and with publications that have an offset, which
+    /// are delivered at once; long bursts are cut into runs.
+    #[test]
+    fn a_burst_keeps_the_order_across_channels_and_runs() {
+        let registry = Arc::new(Registry::new(Arc::new(Metrics::default())));
+        let out = Arc::new(Outbound::new(1 << 24));
+        registry.add("a", 1, subscriber(&out, false));
+        registry.add("b", 1, subscriber(&out, false));
+        registry.add("h", 1, subscriber(&out, true));
+        let only_b = Arc::new(Outbound::new(1 << 24));
+        registry.add("b", 2, subscriber(&only_b, false));
+        // `h` has history: its publications carry offsets.
+        let order: Vec<(&str, u64)> = vec![
+            ("a", 1),
+            ("a", 2),
+            ("b", 1),
+            ("a", 3),
+            ("h", 1),
+            ("b", 2),
+            ("h", 2),
+        ];
+        let long: Vec<(&str, u64)> = (1..=burst::MAX_RUN as u64 * 2 + 7)
+            .map(|n| ("a", n))
+            .collect();
+        for sequence in [order, long] {
+            let mut seen = Vec::new();
+            in_one_poll(|| {
+                for (channel, n) in &sequence {
+                    let publication = match *channel {
+                        "h" => publication(*n),
+                        _ => unpositioned(*n),
+                    };
+                    registry.publication_or_gather(channel, &publication);
+                    if *channel == "h" {
+                        // Delivered at once, after what was gathered before it.
+                        seen.extend(queued_ids(&out));
+                        assert_eq!(seen.last(), Some(&("h".to_string(), *n)));
+                    }
+                }
+            });
+            seen.extend(queued_ids(&out));
+            let want: Vec<(String, u64)> =
+                sequence.iter().map(|(c, n)| (c.to_string(), *n)).collect();
+            assert_eq!(seen, want);
+            let want_b: Vec<(String, u64)> = want.into_iter().filter(|(c, _)| c == "b").collect();
+            assert_eq!(queued_ids(&only_b), want_b);
+        }
+    }
+
+    /// A join or leave push during a gathering poll comes after the publications gathered
+    /// before it, as the broker sent them.
+    #[test]
+    fn join_and_leave_keep_their_place_in_a_burst() {
+        let registry = Arc::new(Registry::new(Arc::new(Metrics::default())));
+        let events = crate::cluster::HubEvents {
+            registry: registry.clone(),
+            hub: std::sync::Weak::new(),
+        };
+        let out = Arc::new(Outbound::new(1 << 20));
+        let mut sub = subscriber(&out, false);
+        sub.join_leave = true;
+        registry.add("ch", 1, sub);
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: None,
+            chan_info: None,
+        };
+        in_one_poll(|| {
+            events.publication("ch", &unpositioned(1));
+            events.join("ch", &info);
+            events.publication("ch", &unpositioned(2));
+            events.publication("ch", &unpositioned(3));
+            events.leave("ch", &info);
+        });
+        let kinds: Vec<String> = raw_queue(&out)
+            .0
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                let push = v["push"].as_object().unwrap();
+                match push.get("pub") {
+                    Some(p) => format!("pub {}", p["data"]["n"]),
+                    None => push.keys().find(|k| *k != "channel").unwrap().clone(),
+                }
+            })
+            .collect();
+        assert_eq!(kinds, ["pub 1", "join", "pub 2", "pub 3", "leave"]);
+    }
+
+    /// Outside a gathering poll a publication is delivered at once.
+    #[test]
+    fn outside_a_gathering_poll_delivery_is_immediate() {
+        let registry = Arc::new(Registry::new(Arc::new(Metrics::default())));
+        let out = Arc::new(Outbound::new(1 << 20));
+        registry.add("ch", 1, subscriber(&out, false));
+        registry.publication_or_gather("ch", &publication(1));
+        assert_eq!(queued(&out), (vec![1], false));
     }
 }

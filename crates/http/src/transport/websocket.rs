@@ -30,6 +30,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
+use switchboard_hub::burst::gathered;
 use switchboard_hub::{Client, Drained, Hub, TransportInfo, TransportMetrics};
 use switchboard_proto::DisconnectCode;
 use switchboard_ws::{validate_upgrade, Message, Role, WsConfig, WsSocket};
@@ -208,8 +209,15 @@ async fn run<IO>(
             return;
         }
     };
-    let (ending, session) =
-        drive(&mut socket, client, hub.metrics().transport(TRANSPORT.name)).await;
+    // Publications that the frames handled in one poll of this task cause reach their
+    // subscribers together when the poll ends (a burst of `publish` commands costs each
+    // subscriber one queue lock and one wake-up; see `switchboard_hub::burst`).
+    let (ending, session) = gathered(drive(
+        &mut socket,
+        client,
+        hub.metrics().transport(TRANSPORT.name),
+    ))
+    .await;
     // Dropping the session (or the work holding it) unsubscribes and unregisters the client
     // before the close handshake, which may take up to the close timeout.
     drop(session);

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
+use switchboard_hub::burst::gathered;
 use switchboard_hub::Client;
 use switchboard_proto::DisconnectCode;
 
@@ -37,7 +38,9 @@ impl Session {
     /// Hands the idle session to `work`.
     pub(crate) fn start(self, work: Work) -> Self {
         match self {
-            Session::Idle(client) => Session::Busy(Box::pin(perform(client, work))),
+            // Publications the work causes reach subscribers together at the end of each
+            // poll (one lock and wake-up per subscriber for a burst, see `burst`).
+            Session::Idle(client) => Session::Busy(Box::pin(gathered(perform(client, work)))),
             // The transports start work only on an idle session (they neither read nor take
             // controls or timers while busy), so this arm is never taken.
             Session::Busy(_) => unreachable!("work started on a busy session"),

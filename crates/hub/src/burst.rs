@@ -1,0 +1,145 @@
+//! Bursts of publications delivered together.
+//!
+//! A connection task that handles many `publish` commands in one go (a frame of them, or
+//! frames read together) would otherwise fan out each publication on its own: every subscriber's
+//! queue locked and its task woken once per message. While a future wrapped by [`gathered`] is
+//! polled, the publications that reach this node's registry on that thread are gathered
+//! instead, and delivered when the poll returns: consecutive publications of one channel as one
+//! run, which each subscriber's queue takes under one lock with at most one wake-up
+//! ([`crate::Outbound::push_many`]).
+//!
+//! Nothing waits longer than the poll that published it: delivery still happens before the
+//! task yields, in publication order, across channels too (a run ends where another channel's
+//! publication comes between). Only publications without an offset are gathered: those of
+//! channels with history are delivered at once, under the broker's stream lock, so that
+//! publishers on several threads keep offset order; they, and join, leave, gap and control
+//! events, first deliver what was gathered, so everything keeps its place. A run holds at
+//! most [`MAX_RUN`] messages; a longer burst is delivered in several runs.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+use crate::registry::Registry;
+
+/// Most messages delivered as one run.
+pub const MAX_RUN: usize = 256;
+
+/// Publications of one channel gathered in a row.
+struct Run {
+    registry: Arc<Registry>,
+    channel: Box<str>,
+    /// Encoded publications (without offsets), in publication order.
+    messages: Vec<Bytes>,
+}
+
+/// The thread's gathering state.
+#[derive(Default)]
+struct Burst {
+    /// Nesting depth of gathering polls on this thread (0: not gathering).
+    depth: u32,
+    runs: Vec<Run>,
+}
+
+thread_local! {
+    static BURST: RefCell<Burst> = RefCell::default();
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose polls gather the publications they cause (see the module docs).
+    pub struct Gathered<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+/// Wraps `future` so that each of its polls gathers the publications it causes and delivers
+/// them, batched per channel, when the poll returns. For connection tasks that run commands.
+pub fn gathered<F: Future>(future: F) -> Gathered<F> {
+    Gathered { inner: future }
+}
+
+impl<F: Future> Future for Gathered<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _scope = Scope::enter();
+        self.project().inner.poll(cx)
+    }
+}
+
+/// One gathering poll; delivers what was gathered when the outermost one ends (also when the
+/// poll unwinds).
+struct Scope;
+
+impl Scope {
+    fn enter() -> Self {
+        BURST.with(|b| b.borrow_mut().depth += 1);
+        Scope
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let outermost = BURST.with(|b| {
+            let mut b = b.borrow_mut();
+            b.depth -= 1;
+            b.depth == 0
+        });
+        if outermost {
+            deliver_gathered();
+        }
+    }
+}
+
+/// Whether this thread is in a gathering poll (then [`gather`] keeps what it is given).
+pub(crate) fn gathering() -> bool {
+    BURST.with(|b| b.borrow().depth > 0)
+}
+
+/// Gathers `message`, an encoded publication of `channel` without an offset, for delivery by
+/// `registry` when the gathering poll ends. Only while [`gathering`].
+pub(crate) fn gather(registry: &Arc<Registry>, channel: &str, message: Bytes) {
+    let full = BURST.with(|b| {
+        let mut b = b.borrow_mut();
+        debug_assert!(b.depth > 0, "gathered outside a gathering poll");
+        let same = b
+            .runs
+            .last()
+            .is_some_and(|run| Arc::ptr_eq(&run.registry, registry) && &*run.channel == channel);
+        if !same {
+            b.runs.push(Run {
+                registry: registry.clone(),
+                channel: channel.into(),
+                messages: Vec::new(),
+            });
+        }
+        let run = b.runs.last_mut().expect("a run was just ensured");
+        run.messages.push(message);
+        run.messages.len() >= MAX_RUN
+    });
+    if full {
+        deliver_gathered();
+    }
+}
+
+/// Delivers what this thread gathered so far, in order (a no-op when nothing was). Called
+/// before any other event reaches the registry, so that it keeps its place after the
+/// publications gathered before it.
+pub(crate) fn deliver_gathered() {
+    loop {
+        // Take the runs out first: delivering must not hold the thread's state (a delivery
+        // can wake tasks, never publish, but stay safe against re-entry).
+        let runs = BURST.with(|b| std::mem::take(&mut b.borrow_mut().runs));
+        if runs.is_empty() {
+            return;
+        }
+        for run in runs {
+            run.registry.deliver_run(&run.channel, &run.messages);
+        }
+    }
+}
