@@ -5,8 +5,8 @@
 //! queue locked and its task woken once per message. While a future wrapped by [`gathered`] is
 //! polled, the publications that reach this node's registry on that thread are gathered
 //! instead, and delivered when the poll returns: consecutive publications of one channel as one
-//! run, which each subscriber's queue takes under one lock with at most one wake-up
-//! ([`crate::Outbound::push_many`]).
+//! run, which each subscriber's queue takes as one entry shared with the other subscribers,
+//! under one lock and with at most one wake-up ([`crate::Outbound::push_run`]).
 //!
 //! Nothing waits longer than the poll that published it: delivery still happens before the
 //! task yields, in publication order, across channels too (a run ends where another channel's
@@ -139,7 +139,7 @@ pub(crate) fn deliver_gathered() {
             return;
         }
         for run in runs {
-            run.registry.deliver_run(&run.channel, &run.messages);
+            run.registry.deliver_run(&run.channel, run.messages);
         }
     }
 }

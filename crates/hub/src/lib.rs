@@ -65,7 +65,7 @@ pub use handlers::Handlers;
 pub use hub::{Hub, NodeInfo, NodeStats, PublishParams, TransportInfo};
 pub use memory::{MemoryBroker, DEFAULT_META_TTL};
 pub use metrics::{Metrics, TransportMetrics, TRANSPORTS};
-pub use outbound::{Control, Drained, Outbound, PushOutcome};
+pub use outbound::{Control, Drained, Item, Outbound, PushOutcome};
 pub use proxy::{Proxy, ProxyConfig, ProxyError, ProxyKind};
 pub use session::{
     Client, PRIVATE_CHANNEL_PREFIX, UNSUBSCRIBE_EXPIRED, UNSUBSCRIBE_INSUFFICIENT_STATE,

@@ -1,13 +1,16 @@
 //! A connection's bounded outbound queue, shared between the hub (producers) and the
 //! connection's transport task (the one consumer).
 //!
-//! Items are encoded messages ([`Bytes`], usually shared by every subscriber of a publication).
+//! Items are encoded messages ([`Bytes`], usually shared by every subscriber of a publication),
+//! or runs of them ([`Item::Run`]: a burst of one channel's publications, one entry shared by
+//! every subscriber that got it).
 //! The queue holds no allocation while empty. When the queued bytes exceed the configured limit
 //! the queue is cleared and closed with [`DisconnectCode::SLOW`]: a slow consumer is disconnected
 //! with a code instead of growing the server's memory (the client reconnects and recovers).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -73,10 +76,31 @@ pub enum Drained {
     Closed(DisconnectCode),
 }
 
+/// One entry of the queue: a message, or a run of messages (a burst of one channel's
+/// publications, see [`crate::burst`]) shared by every subscriber that got it, so that queueing
+/// a burst costs each subscriber one entry and one reference count, not one per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// One encoded message.
+    One(Bytes),
+    /// Encoded messages, in order.
+    Run(Arc<[Bytes]>),
+}
+
+impl Item {
+    /// The messages of this entry, in order.
+    pub fn messages(&self) -> &[Bytes] {
+        match self {
+            Item::One(message) => std::slice::from_ref(message),
+            Item::Run(run) => run,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     controls: Vec<Control>,
-    items: VecDeque<Bytes>,
+    items: VecDeque<Item>,
     bytes: usize,
     waker: Option<Waker>,
     /// Queued bytes from which a push wakes the consumer (0: any push). A consumer that holds
@@ -132,7 +156,7 @@ impl Outbound {
                 outcome = PushOutcome::Overflow;
             } else {
                 state.bytes += item.len();
-                state.items.push_back(item);
+                state.items.push_back(Item::One(item));
                 outcome = PushOutcome::Queued;
             }
             waker = if state.bytes >= state.wake_at || state.closed.is_some() {
@@ -147,12 +171,14 @@ impl Outbound {
         outcome
     }
 
-    /// Queues several encoded messages in order, as many [`Outbound::push`] calls would, but
-    /// under one lock and with at most one wake-up: a burst of publications costs each
-    /// subscriber one lock instead of one per message. Returns how many were queued; fewer
-    /// than given when the queue is closed or one of them overflowed it (then it is closed with
-    /// 3008, as for a push).
-    pub fn push_many<'a>(&self, items: impl ExactSizeIterator<Item = &'a Bytes>) -> usize {
+    /// Queues a run of encoded messages (`bytes` long in all) in order, as many
+    /// [`Outbound::push`] calls would, but as one entry shared with the other subscribers that
+    /// get it, under one lock and with at most one wake-up: a burst of publications costs each
+    /// subscriber one lock, one entry and one reference count instead of one per message.
+    /// Returns how many messages were queued: all of them, or fewer when the queue is closed or
+    /// the run overflowed it (then it is closed with 3008 and emptied, as for a push). Into an
+    /// empty queue a run longer than the limit goes message by message, as pushes would.
+    pub fn push_run(&self, run: &Arc<[Bytes]>, bytes: usize) -> usize {
         if self.closed.load(Ordering::Relaxed) {
             return 0;
         }
@@ -162,15 +188,24 @@ impl Outbound {
             if state.closed.is_some() {
                 return 0;
             }
-            state.items.reserve(items.len());
-            for item in items {
-                if state.bytes + item.len() > self.max_bytes && state.bytes > 0 {
-                    self.overflow(&mut state);
-                    break;
+            if state.bytes + bytes <= self.max_bytes {
+                state.bytes += bytes;
+                state.items.push_back(Item::Run(run.clone()));
+                queued = run.len();
+            } else if state.bytes > 0 {
+                // The pushes would have queued a part, then overflowed: the queue ends empty
+                // and closed all the same.
+                self.overflow(&mut state);
+            } else {
+                for message in run.iter() {
+                    if state.bytes + message.len() > self.max_bytes && state.bytes > 0 {
+                        self.overflow(&mut state);
+                        break;
+                    }
+                    state.bytes += message.len();
+                    state.items.push_back(Item::One(message.clone()));
+                    queued += 1;
                 }
-                state.bytes += item.len();
-                state.items.push_back(item.clone());
-                queued += 1;
             }
             if state.bytes >= state.wake_at || state.closed.is_some() {
                 state.waker.take()
@@ -285,8 +320,9 @@ impl Outbound {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Moves queued items into `into` (up to `max_items`), or registers the consumer's waker
-    /// and returns `Pending` when there is nothing to do.
+    /// Moves queued messages into `into` (up to `max_items`, or a little more so as not to
+    /// split a run), or registers the consumer's waker and returns `Pending` when there is
+    /// nothing to do.
     ///
     /// With `controls`, pending controls come first ([`Drained::Controls`]); without, they stay
     /// queued and only items are drained: a consumer whose session is busy passes `false` and
@@ -298,18 +334,49 @@ impl Outbound {
         max_items: usize,
         controls: bool,
     ) -> Poll<Drained> {
+        self.poll_drain_with(cx, max_items, controls, |item| match item {
+            Item::One(message) => into.push(message),
+            Item::Run(run) => into.extend(run.iter().cloned()),
+        })
+    }
+
+    /// [`Outbound::poll_drain`] that moves the queue's entries as they are (a run stays one
+    /// shared entry; see [`Item::messages`]): for a consumer that copies the messages out
+    /// anyway, such as a writer gathering them into one frame.
+    pub fn poll_drain_items(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut Vec<Item>,
+        max_messages: usize,
+        controls: bool,
+    ) -> Poll<Drained> {
+        self.poll_drain_with(cx, max_messages, controls, |item| into.push(item))
+    }
+
+    fn poll_drain_with(
+        &self,
+        cx: &mut Context<'_>,
+        max_messages: usize,
+        controls: bool,
+        mut take: impl FnMut(Item),
+    ) -> Poll<Drained> {
         let mut state = self.state.lock();
         if controls && !state.controls.is_empty() && state.closed.is_none() {
             return Poll::Ready(Drained::Controls);
         }
         if !state.items.is_empty() {
-            let n = state.items.len().min(max_items);
-            let mut taken = 0;
-            for item in state.items.drain(..n) {
-                taken += item.len();
-                into.push(item);
+            let mut bytes = 0;
+            let mut messages = 0;
+            while messages < max_messages {
+                let Some(item) = state.items.pop_front() else {
+                    break;
+                };
+                let parts = item.messages();
+                messages += parts.len();
+                bytes += parts.iter().map(Bytes::len).sum::<usize>();
+                take(item);
             }
-            state.bytes -= taken;
+            state.bytes -= bytes;
             if state.items.is_empty() && state.items.capacity() > 64 {
                 state.items = VecDeque::new();
             }
@@ -415,13 +482,12 @@ mod tests {
         assert!(v.is_empty());
     }
 
-    /// `push_many` queues in order under one lock, wakes the consumer once, and overflows
-    /// like the pushes it stands for: what fits before the overflow counts, then the queue is
-    /// emptied and closed with 3008.
+    /// `push_run` queues a run as one entry, in order, waking the consumer once; it overflows
+    /// like the pushes it stands for (the queue ends empty and closed with 3008); consumers
+    /// get its messages one by one (`poll_drain`) or as the shared entry (`poll_drain_items`).
     #[test]
-    fn push_many_is_pushes_in_one_go() {
+    fn push_run_is_pushes_in_one_go() {
         use std::sync::atomic::AtomicUsize;
-        use std::sync::Arc;
         use std::task::Wake;
         struct Count(AtomicUsize);
         impl Wake for Count {
@@ -434,29 +500,39 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let q = Outbound::new(10);
         assert!(drain_with(&q, &mut cx).is_pending());
-        let items: Vec<Bytes> = [b"ab", b"cd", b"ef"]
+        let run: Arc<[Bytes]> = [b"ab", b"cd", b"ef"]
             .iter()
             .map(|b| Bytes::from_static(*b))
             .collect();
-        assert_eq!(q.push_many(items.iter()), 3);
-        assert_eq!(
-            count.0.load(Ordering::Relaxed),
-            1,
-            "one wake-up for the burst"
-        );
-        assert_eq!(q.queued_bytes(), 6);
+        assert_eq!(q.push(Bytes::from_static(b"x")), PushOutcome::Queued);
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(q.push_run(&run, 6), 3);
+        assert_eq!(q.queued_bytes(), 7);
         let Poll::Ready((Drained::Items, v)) = drain_with(&q, &mut cx) else {
             panic!()
         };
-        assert_eq!(v, items);
-        assert_eq!(q.push_many(std::iter::empty()), 0);
-
-        // 4 + 4 fit, the third overflows: 2 counted, then nothing is left and the queue is
-        // closed with 3008.
-        let big: Vec<Bytes> = (0..4).map(|_| Bytes::from(vec![0; 4])).collect();
-        assert_eq!(q.push_many(big.iter()), 2);
+        assert_eq!(v, [&b"x"[..], b"ab", b"cd", b"ef"]);
         assert_eq!(q.queued_bytes(), 0);
-        assert_eq!(q.push_many(big.iter()), 0);
+        assert!(drain_with(&q, &mut cx).is_pending());
+        assert_eq!(q.push_run(&run, 6), 3);
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            2,
+            "one wake-up for the run"
+        );
+        let mut items = Vec::new();
+        assert_eq!(
+            q.poll_drain_items(&mut cx, &mut items, 100, true),
+            Poll::Ready(Drained::Items)
+        );
+        assert_eq!(items, [Item::Run(run.clone())]);
+        assert_eq!(q.queued_bytes(), 0);
+
+        // 6 + 6 > 10: the run overflows a queue that holds something; it ends empty and
+        // closed with 3008.
+        assert_eq!(q.push_run(&run, 6), 3);
+        assert_eq!(q.push_run(&run, 6), 0);
+        assert_eq!(q.queued_bytes(), 0);
         assert_eq!(q.push(Bytes::from_static(b"x")), PushOutcome::Closed);
         let Poll::Ready((Drained::Closed(code), v)) = drain_with(&q, &mut cx) else {
             panic!()
@@ -464,10 +540,16 @@ mod tests {
         assert_eq!(code, DisconnectCode::SLOW);
         assert!(v.is_empty());
 
-        // One message larger than the limit is still taken by an empty queue, as by `push`.
-        let q = Outbound::new(10);
-        let large = [Bytes::from(vec![0; 20])];
-        assert_eq!(q.push_many(large.iter()), 1);
+        // Into an empty queue, a run longer than the limit goes as pushes would: what fits,
+        // then the overflow; a first message larger than the limit is still taken.
+        let q = Outbound::new(4);
+        assert_eq!(q.push_run(&run, 6), 2);
+        assert!(q.is_closed());
+        assert_eq!(q.queued_bytes(), 0);
+        let q = Outbound::new(4);
+        let large: Arc<[Bytes]> = [Bytes::from(vec![0; 20])].into();
+        assert_eq!(q.push_run(&large, 20), 1);
+        assert!(!q.is_closed());
     }
 
     /// A holding consumer is woken once a write's worth is queued, not by every push.

@@ -356,27 +356,30 @@ impl Registry {
 
     /// Delivers consecutive publications of `channel` without offsets (encoded pushes, in
     /// order) to its local subscribers, as [`BrokerEvents::publication`] for each would: a
-    /// subscriber whose subscribe is done gets them with one [`Outbound::push_many`].
-    pub(crate) fn deliver_run(&self, channel: &str, messages: &[Bytes]) {
+    /// subscriber whose subscribe is done gets them as one shared entry of its queue
+    /// ([`Outbound::push_run`]).
+    pub(crate) fn deliver_run(&self, channel: &str, messages: Vec<Bytes>) {
         let shard = self.shard(channel).read();
         let Some(ch) = shard.get(channel) else {
             return;
         };
-        if let [message] = messages {
+        if let [message] = &messages[..] {
             self.deliver(ch, channel, message, 0, |_| true);
             return;
         }
+        let run_bytes: usize = messages.iter().map(Bytes::len).sum();
+        let run: Arc<[Bytes]> = messages.into();
         let mut delivered = 0;
         let mut bytes = 0;
         for sub in ch.subs.values() {
             if sub.gate.is_none() {
                 // Without an offset nothing is checked against a position: all of them go.
-                let queued = sub.out.push_many(messages.iter());
+                let queued = sub.out.push_run(&run, run_bytes);
                 delivered += queued;
-                bytes += messages[..queued].iter().map(Bytes::len).sum::<usize>();
+                bytes += run[..queued].iter().map(Bytes::len).sum::<usize>();
                 continue;
             }
-            for message in messages {
+            for message in run.iter() {
                 if offer(sub, channel, message, 0) {
                     delivered += 1;
                     bytes += message.len();

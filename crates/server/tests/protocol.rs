@@ -115,6 +115,66 @@ async fn batched_publications_arrive_in_order() {
     }
 }
 
+/// Bursts of `publish` commands (frames of them sent back to back, so that the server handles
+/// several in one go and delivers each channel's run together) reach every subscriber complete
+/// and in order, across channels too, with a channel that keeps history (its publications are
+/// delivered at once, between the gathered ones) in the middle.
+#[tokio::test]
+async fn bursts_of_publications_arrive_complete_and_in_order() {
+    let server = start(|c| {
+        let mut history = namespace("h", true, true);
+        history.history_size = 1000;
+        history.history_ttl = Duration::from_secs(60);
+        c.channel.namespaces.push(history);
+    })
+    .await;
+    let channel_of = |i: usize| match (i % 7, i % 11) {
+        (3, _) => "other",
+        (_, 5) => "h:x",
+        _ => "feed",
+    };
+    // Who subscribes to what.
+    let wants: [&[&str]; 3] = [&["feed", "other", "h:x"], &["feed"], &["other", "h:x"]];
+    let mut subscribers = Vec::new();
+    for channels in wants {
+        let mut conn = Conn::connected(server.addr()).await;
+        for channel in channels {
+            conn.subscribe(channel).await;
+        }
+        subscribers.push(conn);
+    }
+    let mut publisher = Conn::connected(server.addr()).await;
+    const FRAMES: usize = 6;
+    const PER_FRAME: usize = 80;
+    let mut ids = Vec::new();
+    for frame in 0..FRAMES {
+        let commands: Vec<Value> = (0..PER_FRAME)
+            .map(|k| {
+                let i = frame * PER_FRAME + k;
+                json!({"publish": {"channel": channel_of(i), "data": {"n": i}}})
+            })
+            .collect();
+        ids.extend(publisher.send_batch(&commands).await);
+    }
+    for id in ids {
+        let reply = publisher.reply(id).await;
+        assert!(reply.get("publish").is_some(), "{reply}");
+    }
+    for (conn, channels) in subscribers.iter_mut().zip(wants) {
+        let expected: Vec<(String, u64)> = (0..FRAMES * PER_FRAME)
+            .filter(|i| channels.contains(&channel_of(*i)))
+            .map(|i| (channel_of(i).to_string(), i as u64))
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let (channel, publication) = conn.next_publication().await;
+            got.push((channel, publication["data"]["n"].as_u64().unwrap()));
+        }
+        assert_eq!(got, expected, "subscriber of {channels:?}");
+        conn.expect_silence(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn malformed_json_closes_with_3501() {
     let server = start(|_| {}).await;

@@ -660,24 +660,36 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
     /// write buffer) the frame is gathered straight into the thread's write buffer and written
     /// with one system call: no queue entries, no reference counts taken on the parts. What the
     /// socket does not take is queued (`Pending`; finish it with [`WsSocket::poll_flush`]).
-    pub fn poll_write_text_batch(
+    ///
+    /// `parts` is anything that lists the parts (twice: it is walked once to size the frame),
+    /// such as a slice of [`Bytes`] or the messages of several queue entries chained together.
+    pub fn poll_write_text_batch<'a, P>(
         &mut self,
         cx: &mut Context<'_>,
-        parts: &[Bytes],
+        parts: P,
         separator: Option<u8>,
-    ) -> Poll<Result<(), WsError>> {
+    ) -> Poll<Result<(), WsError>>
+    where
+        P: IntoIterator<Item = &'a Bytes>,
+        P::IntoIter: Clone,
+    {
+        let parts = parts.into_iter();
+        let (count, payload) = parts
+            .clone()
+            .fold((0usize, 0usize), |(n, len), part| (n + 1, len + part.len()));
         let seps = match separator {
-            Some(_) => parts.len().saturating_sub(1),
+            Some(_) => count.saturating_sub(1),
             None => 0,
         };
-        let total = parts.iter().map(Bytes::len).sum::<usize>() + seps;
+        let total = payload + seps;
         let direct = !self.close_sent
             && self.pending.is_empty()
             && self.compress_window.is_none()
             && matches!(self.role, Role::Server)
             && total + MAX_HEADER_LEN <= WRITE_SCRATCH;
         if !direct {
-            self.queue_data(OpCode::Text, parts, separator);
+            let parts: Vec<Bytes> = parts.cloned().collect();
+            self.queue_data(OpCode::Text, &parts, separator);
             return self.poll_flush(cx);
         }
         let mut scratch = WRITE_BUF.with(Cell::take);
@@ -688,7 +700,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
         encode_header(OpCode::Text, true, total as u64, None, &mut rest);
         let header_len = MAX_HEADER_LEN - rest.len();
         scratch.extend_from_slice(&header[..header_len]);
-        for (i, part) in parts.iter().enumerate() {
+        for (i, part) in parts.enumerate() {
             if i > 0 {
                 if let Some(sep) = separator {
                     scratch.push(sep);

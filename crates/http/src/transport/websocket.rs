@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use switchboard_hub::burst::gathered;
-use switchboard_hub::{Client, Drained, Hub, TransportInfo, TransportMetrics};
+use switchboard_hub::{Client, Drained, Hub, Item, TransportInfo, TransportMetrics};
 use switchboard_proto::DisconnectCode;
 use switchboard_ws::{validate_upgrade, Message, Role, WsConfig, WsSocket};
 
@@ -275,7 +275,8 @@ where
     let mut deadline = client.next_deadline();
     let timer = tokio::time::sleep_until(deadline.into());
     let mut session = Session::Idle(client);
-    let mut batch: Vec<Bytes> = Vec::new();
+    // Queue entries taken for the next write (a burst's run stays one shared entry).
+    let mut batch: Vec<Item> = Vec::new();
     let mut incoming: Vec<Message> = Vec::new();
     // Messages read but not handled yet, oldest first.
     let mut pending: VecDeque<Message> = VecDeque::new();
@@ -352,7 +353,7 @@ where
                     // Drain the queue only while the socket keeps up; otherwise let the queue fill up
                     // to its limit (and the slow-consumer disconnect). Controls wait for an idle session.
                     if !socket.has_pending_writes() && hold_until.is_none() {
-                        match out.poll_drain(cx, &mut batch, MAX_BATCH_ITEMS, idle) {
+                        match out.poll_drain_items(cx, &mut batch, MAX_BATCH_ITEMS, idle) {
                             Poll::Ready(Drained::Items) => return Poll::Ready(Event::Outbound),
                             Poll::Ready(Drained::Controls) => return Poll::Ready(Event::Controls),
                             Poll::Ready(Drained::Closed(code)) => {
@@ -391,10 +392,11 @@ where
                 timer.as_mut().reset(deadline.into());
             }
             Event::Outbound => {
-                let bytes = batch_bytes(&batch);
-                metrics.written(batch.len() as u64, bytes);
+                let messages = || batch.iter().flat_map(Item::messages);
+                let bytes = messages().map(|m| m.len() as u64).sum();
+                metrics.written(messages().count() as u64, bytes);
                 let written = poll_fn(|cx| {
-                    Poll::Ready(socket.poll_write_text_batch(cx, &batch, Some(b'\n')))
+                    Poll::Ready(socket.poll_write_text_batch(cx, messages(), Some(b'\n')))
                 })
                 .await;
                 release(&mut batch);
@@ -489,7 +491,7 @@ pub(crate) fn batch_bytes(batch: &[Bytes]) -> u64 {
 /// Empties `batch`, giving back its memory when a burst grew it beyond what steady traffic
 /// needs (a connection that keeps receiving reuses it write after write; an idle one gives it
 /// back at its next timer, see `Event::Timer`).
-fn release(batch: &mut Vec<Bytes>) {
+fn release<T>(batch: &mut Vec<T>) {
     batch.clear();
     if batch.capacity() > KEPT_BATCH_ITEMS {
         *batch = Vec::new();
