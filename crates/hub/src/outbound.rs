@@ -482,21 +482,27 @@ mod tests {
         assert!(v.is_empty());
     }
 
+    /// Counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A waker and the counter of its wake-ups.
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
     /// `push_run` queues a run as one entry, in order, waking the consumer once; it overflows
     /// like the pushes it stands for (the queue ends empty and closed with 3008); consumers
     /// get its messages one by one (`poll_drain`) or as the shared entry (`poll_drain_items`).
     #[test]
     fn push_run_is_pushes_in_one_go() {
-        use std::sync::atomic::AtomicUsize;
-        use std::task::Wake;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let q = Outbound::new(10);
         assert!(drain_with(&q, &mut cx).is_pending());
@@ -555,17 +561,7 @@ mod tests {
     /// A holding consumer is woken once a write's worth is queued, not by every push.
     #[test]
     fn a_hold_is_woken_only_by_enough_bytes() {
-        use std::sync::atomic::AtomicUsize;
-        use std::sync::Arc;
-        use std::task::Wake;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let q = Outbound::new(100);
         assert_eq!(q.push(Bytes::from(vec![0; 10])), PushOutcome::Queued);
