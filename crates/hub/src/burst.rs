@@ -13,8 +13,11 @@
 //! publication comes between). Only publications without an offset are gathered: those of
 //! channels with history are delivered at once, under the broker's stream lock, so that
 //! publishers on several threads keep offset order; they, and join, leave, gap and control
-//! events, first deliver what was gathered, so everything keeps its place. A run holds at
-//! most [`MAX_RUN`] messages; a longer burst is delivered in several runs.
+//! events, first deliver what was gathered, so everything keeps its place. A client that
+//! publishes to a channel it is subscribed to gets the publication before its `publish` reply,
+//! as when it is delivered at once (its session delivers what was gathered before replying), so
+//! only publications of clients that are not subscribed to the channel are batched. A run holds
+//! at most [`MAX_RUN`] messages; a longer burst is delivered in several runs.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -175,6 +175,26 @@ async fn bursts_of_publications_arrive_complete_and_in_order() {
     }
 }
 
+/// A client that publishes to a channel it is subscribed to gets each publication before the
+/// reply to its `publish`, also within a burst (the documented example session shows this order).
+#[tokio::test]
+async fn a_subscribed_publisher_gets_its_publication_before_the_reply() {
+    let server = start(|_| {}).await;
+    let mut conn = Conn::connected(server.addr()).await;
+    conn.subscribe("echo").await;
+    let commands: Vec<Value> = (0..20)
+        .map(|i| json!({"publish": {"channel": "echo", "data": {"n": i}}}))
+        .collect();
+    let ids = conn.send_batch(&commands).await;
+    for (i, id) in ids.into_iter().enumerate() {
+        let push = conn.next_json().await;
+        assert_eq!(push["push"]["pub"]["data"]["n"], i, "{push}");
+        let reply = conn.next_json().await;
+        assert_eq!(reply["id"], id, "{reply}");
+        assert!(reply.get("publish").is_some(), "{reply}");
+    }
+}
+
 #[tokio::test]
 async fn malformed_json_closes_with_3501() {
     let server = start(|_| {}).await;

@@ -13,6 +13,7 @@ impl Client {
         }
         let subscribed = self.subs.get(req.channel.as_str());
         let info = self.info_with(subscribed.and_then(|s| s.info.clone()));
+        let publisher_subscribed = subscribed.is_some();
         let mut data = data.clone();
         if options.proxy_publish {
             let mut body = self.proxy_body();
@@ -50,6 +51,12 @@ impl Client {
         self.hub
             .publish_with(&req.channel, data, Some(info), &options)
             .await?;
+        if publisher_subscribed {
+            // A publisher subscribed to the channel gets its publication before the reply, as
+            // when it is delivered at once: deliver it now rather than with the rest of the
+            // burst (see `crate::burst`).
+            crate::burst::deliver_gathered();
+        }
         Ok(Some(encode_reply(id, &ReplyResult::publish())))
     }
 
