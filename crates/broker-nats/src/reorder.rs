@@ -17,13 +17,17 @@ const REORDER_MAX: usize = 1024;
 /// ahead of a missing offset is held for up to [`REORDER_WINDOW`]; when the missing one
 /// arrives, both are delivered in order; when the window passes, a gap is reported (subscribers
 /// recover from history) and the held ones are delivered. A publication older than one already
-/// delivered is dropped (the gap reported covers it). A new epoch is a gap too.
+/// delivered is dropped, and reported as a gap unless one already covers it (it crossed the
+/// first publication this node saw of the channel, say). A new epoch is a gap too.
 #[derive(Default)]
 pub(crate) struct Reorder {
     /// Epoch and offset of the last delivered publication.
     last: Option<(String, u64)>,
     /// Publications of the current epoch waiting for a missing offset.
     held: std::collections::BTreeMap<u64, Publication>,
+    /// Offsets of the current epoch up to this one are covered by a gap already reported: one
+    /// of them arriving late is dropped without another.
+    covered: u64,
     /// When the oldest held publication stops waiting.
     pub(crate) deadline: Option<Instant>,
 }
@@ -51,12 +55,18 @@ impl Reorder {
         if *last_epoch != epoch {
             self.expire(events, channel);
             events.gap(channel);
+            self.covered = offset;
             self.last = Some((epoch, offset));
             events.publication(channel, &publication);
             return;
         }
         if offset <= *last || self.held.contains_key(&offset) {
             tracing::debug!(channel, offset, "dropping late publication");
+            if offset < *last && offset > self.covered && !self.held.contains_key(&offset) {
+                // Lost for this node's subscribers: they must hear of it.
+                events.gap(channel);
+                self.covered = *last;
+            }
             return;
         }
         if offset == *last + 1 {
@@ -101,6 +111,7 @@ impl Reorder {
             if let Some((_, last)) = &mut self.last {
                 *last = offset;
             }
+            self.covered = offset;
             events.publication(channel, &publication);
         }
     }
@@ -176,5 +187,21 @@ mod tests {
             now,
         );
         assert_eq!(events.log.lock().join(" "), "p3 gap p5 p7 p8 gap p1 p0");
+    }
+
+    /// A publication that crossed the first one this node saw of the channel is lost for its
+    /// subscribers: it is reported as a gap (once), never dropped silently; a repeat is not.
+    #[test]
+    fn a_publication_older_than_the_first_seen_is_a_gap() {
+        let events = Recorder::default();
+        let mut order = Reorder::default();
+        let now = Instant::now();
+        feed(
+            &mut order,
+            &events,
+            &[("a", 3), ("a", 2), ("a", 1), ("a", 3), ("a", 4)],
+            now,
+        );
+        assert_eq!(events.log.lock().join(" "), "p3 gap p4");
     }
 }
