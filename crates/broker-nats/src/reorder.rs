@@ -157,18 +157,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn crossed_publications_are_put_back_in_order() {
+    /// What a fresh [`Reorder`] fed `items` delivered, and the reorder itself.
+    fn fed(items: &[(&str, u64)]) -> (String, Reorder) {
         let events = Recorder::default();
         let mut order = Reorder::default();
-        let now = Instant::now();
-        feed(
-            &mut order,
-            &events,
-            &[("a", 3), ("a", 5), ("a", 6), ("a", 4), ("a", 7)],
-            now,
-        );
-        assert_eq!(events.log.lock().join(" "), "p3 p4 p5 p6 p7");
+        feed(&mut order, &events, items, Instant::now());
+        let log = events.log.lock().join(" ");
+        (log, order)
+    }
+
+    #[test]
+    fn crossed_publications_are_put_back_in_order() {
+        let (log, order) = fed(&[("a", 3), ("a", 5), ("a", 6), ("a", 4), ("a", 7)]);
+        assert_eq!(log, "p3 p4 p5 p6 p7");
         assert!(order.deadline.is_none());
     }
 
@@ -193,15 +194,7 @@ mod tests {
     /// subscribers: it is reported as a gap (once), never dropped silently; a repeat is not.
     #[test]
     fn a_publication_older_than_the_first_seen_is_a_gap() {
-        let events = Recorder::default();
-        let mut order = Reorder::default();
-        let now = Instant::now();
-        feed(
-            &mut order,
-            &events,
-            &[("a", 3), ("a", 2), ("a", 1), ("a", 3), ("a", 4)],
-            now,
-        );
-        assert_eq!(events.log.lock().join(" "), "p3 gap p4");
+        let (log, _) = fed(&[("a", 3), ("a", 2), ("a", 1), ("a", 3), ("a", 4)]);
+        assert_eq!(log, "p3 gap p4");
     }
 }
