@@ -376,7 +376,11 @@ impl Registry {
                 // Without an offset nothing is checked against a position: all of them go.
                 let queued = sub.out.push_run(&run, run_bytes);
                 delivered += queued;
-                bytes += run[..queued].iter().map(Bytes::len).sum::<usize>();
+                bytes += if queued == run.len() {
+                    run_bytes
+                } else {
+                    run[..queued].iter().map(Bytes::len).sum::<usize>()
+                };
                 continue;
             }
             for message in run.iter() {

@@ -393,8 +393,9 @@ where
             }
             Event::Outbound => {
                 let messages = || batch.iter().flat_map(Item::messages);
-                let bytes = messages().map(|m| m.len() as u64).sum();
-                metrics.written(messages().count() as u64, bytes);
+                let (count, bytes) =
+                    messages().fold((0u64, 0u64), |(n, b), m| (n + 1, b + m.len() as u64));
+                metrics.written(count, bytes);
                 let written = poll_fn(|cx| {
                     Poll::Ready(socket.poll_write_text_batch(cx, messages(), Some(b'\n')))
                 })
