@@ -113,6 +113,13 @@ pub trait BrokerEvents: Send + Sync + 'static {
     /// A publication for `channel`; deliver it to local subscribers. Its `offset` is set when the
     /// channel keeps history.
     fn publication(&self, channel: &str, publication: &Publication);
+    /// Consecutive publications of `channel`, in order; the same as [`BrokerEvents::publication`]
+    /// for each, which it is unless implemented.
+    fn publications(&self, channel: &str, publications: &[Publication]) {
+        for publication in publications {
+            self.publication(channel, publication);
+        }
+    }
     /// A client joined `channel` (somewhere in the cluster).
     fn join(&self, channel: &str, info: &ClientInfo);
     /// A client left `channel` (somewhere in the cluster).

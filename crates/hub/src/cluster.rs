@@ -123,6 +123,12 @@ impl BrokerEvents for HubEvents {
         self.registry.publication_or_gather(channel, publication);
     }
 
+    fn publications(&self, channel: &str, publications: &[Publication]) {
+        // Held by the broker for a burst (see `crate::burst`): what this thread gathered
+        // before them was delivered first.
+        self.registry.deliver_publications(channel, publications);
+    }
+
     // The other events first deliver the publications gathered before them (see
     // `crate::burst`), so that they keep their place.
 

@@ -9,7 +9,9 @@
 //!
 //! A channel's publish (offset assignment, history append and local fan-out) happens under the
 //! channel's stream lock, so subscribers see one channel's publications in offset order even with
-//! concurrent publishers.
+//! concurrent publishers. A publication made while its task gathers a burst (see
+//! [`crate::burst`]) is held in the stream instead and delivered, with the others held there,
+//! under the same lock when the first of their publishers' polls ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -24,6 +26,7 @@ use crate::broker::{
     Broker, BrokerError, BrokerEvents, HistoryFilter, HistoryResult, PresenceStats, PresenceStore,
     PublishOptions,
 };
+use crate::burst;
 
 const SHARDS: usize = 32;
 
@@ -41,6 +44,9 @@ struct Stream {
     publications: VecDeque<(Publication, Instant)>,
     meta_expires: Instant,
     idempotency: HashMap<String, (StreamPosition, Instant)>,
+    /// Publications not delivered yet (in offset order): made during gathering polls that
+    /// have not ended (see [`crate::burst`]).
+    held: Vec<Publication>,
 }
 
 impl Stream {
@@ -51,6 +57,7 @@ impl Stream {
             publications: VecDeque::new(),
             meta_expires: now + meta_ttl,
             idempotency: HashMap::new(),
+            held: Vec::new(),
         }
     }
 
@@ -73,6 +80,14 @@ impl Stream {
             offset: self.top,
             epoch: self.epoch.clone(),
         }
+    }
+}
+
+/// Delivers what `stream` holds (see [`Stream::held`]), under its lock.
+fn deliver_held(stream: &Mutex<Stream>, events: &dyn BrokerEvents, channel: &str) {
+    let mut s = stream.lock();
+    if !s.held.is_empty() {
+        events.publications(channel, &std::mem::take(&mut s.held));
     }
 }
 
@@ -205,6 +220,11 @@ impl MemoryBroker {
         }
         let meta_ttl = meta_ttl_or_default(options.history_meta_ttl);
         let stream = self.stream(channel, now, meta_ttl);
+        // While its task gathers a burst, a publication with an offset is held in the stream
+        // (see the module docs); what the task gathered before goes first.
+        let hold = options.uses_history() && burst::gathering();
+        let key = Arc::as_ptr(&stream) as usize;
+        let registered = hold && burst::before_hold(key);
         let mut s = stream.lock();
         s.drop_expired(now);
         let idempotency = options.idempotency();
@@ -233,8 +253,25 @@ impl MemoryBroker {
             );
         }
         // Fan out under the stream lock: one channel's publications reach subscribers in
-        // offset order.
-        events.publication(channel, &publication);
+        // offset order, those held before this one first.
+        if hold {
+            s.held.push(publication);
+            if s.held.len() >= burst::MAX_RUN {
+                events.publications(channel, &std::mem::take(&mut s.held));
+            }
+            drop(s);
+            if !registered {
+                let events = events.clone();
+                let channel = channel.to_string();
+                burst::hold(key, move || deliver_held(&stream, &*events, &channel));
+            }
+        } else if s.held.is_empty() {
+            events.publication(channel, &publication);
+        } else {
+            let mut held = std::mem::take(&mut s.held);
+            held.push(publication);
+            events.publications(channel, &held);
+        }
         Ok(position)
     }
 
@@ -449,6 +486,139 @@ mod tests {
             offset: 0,
             tags: HashMap::new(),
         }
+    }
+
+    /// Records what the broker delivers: `(channel, offset)` in order, and the size of each
+    /// delivery (1 for `publication`, the batch's length for `publications`).
+    #[derive(Default)]
+    struct Recorder {
+        seen: parking_lot::Mutex<Vec<(String, u64)>>,
+        deliveries: parking_lot::Mutex<Vec<usize>>,
+    }
+
+    impl BrokerEvents for Recorder {
+        fn publication(&self, channel: &str, publication: &Publication) {
+            self.publications(channel, std::slice::from_ref(publication));
+        }
+        fn publications(&self, channel: &str, publications: &[Publication]) {
+            let mut seen = self.seen.lock();
+            seen.extend(publications.iter().map(|p| (channel.to_string(), p.offset)));
+            self.deliveries.lock().push(publications.len());
+        }
+        fn join(&self, _: &str, _: &ClientInfo) {}
+        fn leave(&self, _: &str, _: &ClientInfo) {}
+    }
+
+    fn with_history() -> PublishOptions {
+        PublishOptions {
+            history_size: 1000,
+            history_ttl: Duration::from_secs(60),
+            ..PublishOptions::default()
+        }
+    }
+
+    /// During a gathering poll a channel's publications with offsets are held and delivered
+    /// together when the poll ends; one of another stream delivers the held ones first, and a
+    /// publication outside a gathering poll is delivered at once.
+    #[test]
+    fn publications_with_offsets_are_held_until_the_poll_ends() {
+        let broker = MemoryBroker::new();
+        let recorder = Arc::new(Recorder::default());
+        broker.start(recorder.clone());
+        let options = with_history();
+        let publish = |channel: &str| {
+            broker.publish(channel, publication(), &options).unwrap();
+        };
+        burst::in_one_poll(|| {
+            for _ in 0..3 {
+                publish("a");
+            }
+            assert!(recorder.seen.lock().is_empty(), "held during the poll");
+            publish("b");
+            assert_eq!(recorder.seen.lock().len(), 3, "a's go first");
+            publish("b");
+            publish("a");
+        });
+        let a = |n: u64| ("a".to_string(), n);
+        let b = |n: u64| ("b".to_string(), n);
+        assert_eq!(*recorder.seen.lock(), [a(1), a(2), a(3), b(1), b(2), a(4)]);
+        assert_eq!(*recorder.deliveries.lock(), [3, 2, 1]);
+        publish("a");
+        assert_eq!(recorder.seen.lock().last(), Some(&a(5)));
+        // A long burst is delivered in runs of at most MAX_RUN.
+        recorder.deliveries.lock().clear();
+        burst::in_one_poll(|| {
+            for _ in 0..burst::MAX_RUN * 2 + 1 {
+                publish("a");
+            }
+        });
+        assert_eq!(
+            *recorder.deliveries.lock(),
+            [burst::MAX_RUN, burst::MAX_RUN, 1]
+        );
+    }
+
+    impl MemoryBroker {
+        fn publish(
+            &self,
+            channel: &str,
+            publication: Publication,
+            options: &PublishOptions,
+        ) -> Result<StreamPosition, BrokerError> {
+            self.publish_at(channel, publication, options, Instant::now())
+        }
+    }
+
+    /// Publishers on several threads, each publishing in gathering polls (and one outside
+    /// them), into the same channels: every channel's publications are delivered exactly once
+    /// each, in offset order, whoever delivers them.
+    #[test]
+    fn concurrent_gathering_publishers_keep_offset_order() {
+        const THREADS: usize = 4;
+        const POLLS: usize = 300;
+        let broker = Arc::new(MemoryBroker::new());
+        let recorder = Arc::new(Recorder::default());
+        broker.start(recorder.clone());
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let broker = broker.clone();
+                std::thread::spawn(move || {
+                    let options = with_history();
+                    let publish = |channel: &str| {
+                        broker.publish(channel, publication(), &options).unwrap();
+                    };
+                    for i in 0..POLLS {
+                        let burst = || {
+                            for k in 0..(i + t) % 7 {
+                                publish(if k % 3 == 2 { "y" } else { "x" });
+                            }
+                        };
+                        if t == 0 {
+                            burst();
+                        } else {
+                            burst::in_one_poll(burst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let seen = recorder.seen.lock();
+        for channel in ["x", "y"] {
+            let offsets: Vec<u64> = seen
+                .iter()
+                .filter(|(c, _)| c == channel)
+                .map(|(_, o)| *o)
+                .collect();
+            let want: Vec<u64> = (1..=offsets.len() as u64).collect();
+            assert_eq!(offsets, want, "{channel}");
+        }
+        let total: usize = (0..THREADS)
+            .flat_map(|t| (0..POLLS).map(move |i| (i + t) % 7))
+            .sum();
+        assert_eq!(seen.len(), total);
     }
 
     /// Memory stays bounded: expired publications, streams and presence are reclaimed.

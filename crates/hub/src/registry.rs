@@ -83,6 +83,19 @@ impl Track {
         false
     }
 
+    /// How many of the consecutive publications at `offsets` go to the subscriber, as
+    /// [`Track::admit`] for each in turn: all of them, or those before the first that does
+    /// not follow (then the subscriber must be told). None once it is stale.
+    fn admit_run(&self, offsets: &[u64]) -> usize {
+        if self.is_stale() {
+            return 0;
+        }
+        offsets
+            .iter()
+            .position(|&offset| !self.admit(offset))
+            .unwrap_or(offsets.len())
+    }
+
     /// Marks the subscriber stale and queues the 2500 push, once.
     fn tell(&self, out: &Outbound, channel: &str) {
         if !self.stale.swap(true, Ordering::Relaxed) {
@@ -332,10 +345,10 @@ impl Registry {
     /// [`BrokerEvents::publication`], gathered for delivery with the rest of a burst while the
     /// thread is in a gathering poll (see [`crate::burst`]), delivered at once otherwise.
     ///
-    /// Publications with an offset (channels with history) are never gathered: the broker
-    /// calls this under the channel's stream lock so that publishers on several threads
-    /// deliver in offset order, which a delivery put off to the end of a poll would not keep.
-    /// What was gathered before them is delivered first, so they keep their place.
+    /// Publications with an offset (channels with history) are not gathered here: a broker
+    /// delivers them in offset order (the memory broker holds a burst's in the channel's
+    /// stream and delivers them together under its lock, see [`crate::burst`]). What was
+    /// gathered before them is delivered first, so they keep their place.
     pub(crate) fn publication_or_gather(
         self: &Arc<Self>,
         channel: &str,
@@ -367,27 +380,83 @@ impl Registry {
             self.deliver(ch, channel, message, 0, |_| true);
             return;
         }
-        let run_bytes: usize = messages.iter().map(Bytes::len).sum();
-        let run: Arc<[Bytes]> = messages.into();
+        self.deliver_shared(ch, channel, messages.into(), None);
+    }
+
+    /// Consecutive publications of `channel` with offsets, in offset order (held by the
+    /// broker during a burst, see [`crate::burst`]), delivered as
+    /// [`BrokerEvents::publication`] for each would: positioned subscribers get them only while
+    /// they follow what each has.
+    pub(crate) fn deliver_publications(&self, channel: &str, publications: &[Publication]) {
+        for _ in publications {
+            self.metrics.publication();
+        }
+        let shard = self.shard(channel).read();
+        let Some(ch) = shard.get(channel) else {
+            return;
+        };
+        if let [publication] = publications {
+            let message = encode_publication_push(channel, publication);
+            self.deliver(ch, channel, &message, publication.offset, |_| true);
+            return;
+        }
+        let messages: Arc<[Bytes]> = publications
+            .iter()
+            .map(|p| encode_publication_push(channel, p))
+            .collect();
+        let offsets: Vec<u64> = publications.iter().map(|p| p.offset).collect();
+        self.deliver_shared(ch, channel, messages, Some(&offsets));
+    }
+
+    /// Delivers `run` (with its publications' `offsets`, if any) to every subscriber of `ch`,
+    /// as one entry shared by their queues where it goes to a subscriber whole.
+    fn deliver_shared(
+        &self,
+        ch: &Channel,
+        channel: &str,
+        run: Arc<[Bytes]>,
+        offsets: Option<&[u64]>,
+    ) {
+        let run_bytes: usize = run.iter().map(Bytes::len).sum();
         let mut delivered = 0;
         let mut bytes = 0;
+        let mut count = |queued: &[Bytes]| {
+            delivered += queued.len();
+            bytes += if queued.len() == run.len() {
+                run_bytes
+            } else {
+                queued.iter().map(Bytes::len).sum::<usize>()
+            };
+        };
         for sub in ch.subs.values() {
-            if sub.gate.is_none() {
-                // Without an offset nothing is checked against a position: all of them go.
-                let queued = sub.out.push_run(&run, run_bytes);
-                delivered += queued;
-                bytes += if queued == run.len() {
-                    run_bytes
-                } else {
-                    run[..queued].iter().map(Bytes::len).sum::<usize>()
-                };
+            if sub.gate.is_some() {
+                // Still subscribing: each goes through the gate.
+                for (i, message) in run.iter().enumerate() {
+                    let offset = offsets.map_or(0, |o| o[i]);
+                    if offer(sub, channel, message, offset) {
+                        count(std::slice::from_ref(message));
+                    }
+                }
                 continue;
             }
-            for message in run.iter() {
-                if offer(sub, channel, message, 0) {
-                    delivered += 1;
-                    bytes += message.len();
-                }
+            let admitted = match offsets {
+                Some(offsets) if sub.positioned => sub.track.admit_run(offsets),
+                // Without an offset, or not positioned: all of them go.
+                _ => run.len(),
+            };
+            if admitted == run.len() {
+                let queued = sub.out.push_run(&run, run_bytes);
+                count(&run[..queued]);
+                continue;
+            }
+            if admitted > 0 {
+                let prefix: Arc<[Bytes]> = run[..admitted].into();
+                let prefix_bytes = prefix.iter().map(Bytes::len).sum();
+                let queued = sub.out.push_run(&prefix, prefix_bytes);
+                count(&prefix[..queued]);
+            }
+            if !sub.track.is_stale() {
+                sub.track.tell(&sub.out, channel);
             }
         }
         self.metrics.messages_out(delivered as u64, bytes as u64);
@@ -457,7 +526,6 @@ fn tell_positioned(ch: &Channel, channel: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
     use std::task::{Context, Poll, Waker};
 
     use serde_json::value::RawValue;
@@ -598,17 +666,6 @@ mod tests {
         open(&out, &gate, "ch", 3);
         assert_eq!(queued(&out), (vec![4], true));
     }
-    /// Runs `f` inside one gathering poll (see [`crate::burst`]).
-    fn in_one_poll(f: impl FnOnce()) {
-        let mut f = Some(f);
-        let mut cx = Context::from_waker(Waker::noop());
-        let future = burst::gathered(std::future::poll_fn(|_| {
-            (f.take().expect("polled once"))();
-            Poll::Ready(())
-        }));
-        assert!(std::pin::pin!(future).poll(&mut cx).is_ready());
-    }
-
     /// Everything queued for `out` (raw), and whether a control is waiting.
     fn raw_queue(out: &Outbound) -> (Vec<Bytes>, bool) {
         let mut cx = Context::from_waker(Waker::noop());
@@ -680,7 +737,7 @@ mod tests {
                 one_by_one.publication("ch", &unpositioned(n));
             }
             let before: Vec<usize> = got.iter().map(|(out, _)| out.queued_bytes()).collect();
-            in_one_poll(|| {
+            burst::in_one_poll(|| {
                 for n in 1..=count {
                     burst.publication_or_gather("ch", &unpositioned(n));
                 }
@@ -699,6 +756,63 @@ mod tests {
                     "subscriber {i}, {count} publications"
                 );
             }
+        }
+    }
+
+    /// The registry's delivery counters, as exported.
+    fn counters(metrics: &Metrics) -> Vec<String> {
+        let mut text = String::new();
+        metrics.render_prometheus(&mut text);
+        text.lines()
+            .filter(|l| {
+                [
+                    "messages_out_total ",
+                    "bytes_out_total ",
+                    "publications_total ",
+                ]
+                .iter()
+                .any(|name| l.contains(name))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Publications with offsets held by the broker for a burst and delivered together reach
+    /// every kind of subscriber exactly as one by one, gaps and repeats included: positioned
+    /// subscribers take the part that follows what they have and are told at the first
+    /// publication that does not.
+    #[test]
+    fn held_publications_are_delivered_as_each_would_be() {
+        let sequences: [&[u64]; 6] = [
+            &[6, 7],
+            &[6, 7, 8, 9, 10, 11, 12],
+            &[6, 7, 9, 10],
+            &[4, 5, 6],
+            &[1, 2, 3, 4, 5, 6, 7],
+            &[9, 10, 11],
+        ];
+        for offsets in sequences {
+            let one_by_one = Arc::new(Registry::new(Arc::new(Metrics::default())));
+            let together = Arc::new(Registry::new(Arc::new(Metrics::default())));
+            let expected = every_kind(&one_by_one, "ch");
+            let got = every_kind(&together, "ch");
+            let publications: Vec<Publication> = offsets.iter().map(|&o| publication(o)).collect();
+            for p in &publications {
+                one_by_one.publication("ch", p);
+            }
+            together.deliver_publications("ch", &publications);
+            for (i, ((e, e_gate), (g, g_gate))) in expected.iter().zip(&got).enumerate() {
+                if let (Some(e_gate), Some(g_gate)) = (e_gate, g_gate) {
+                    open(e, e_gate, "ch", 5);
+                    open(g, g_gate, "ch", 5);
+                }
+                assert_eq!(
+                    (raw_queue(g), g.is_closed()),
+                    (raw_queue(e), e.is_closed()),
+                    "subscriber {i}, offsets {offsets:?}"
+                );
+            }
+            assert_eq!(counters(&together.metrics), counters(&one_by_one.metrics));
         }
     }
 
@@ -729,7 +843,7 @@ mod tests {
             .collect();
         for sequence in [order, long] {
             let mut seen = Vec::new();
-            in_one_poll(|| {
+            burst::in_one_poll(|| {
                 for (channel, n) in &sequence {
                     let publication = match *channel {
                         "h" => publication(*n),
@@ -771,7 +885,7 @@ mod tests {
             conn_info: None,
             chan_info: None,
         };
-        in_one_poll(|| {
+        burst::in_one_poll(|| {
             events.publication("ch", &unpositioned(1));
             events.join("ch", &info);
             events.publication("ch", &unpositioned(2));
