@@ -118,7 +118,7 @@ async fn batched_publications_arrive_in_order() {
 /// Bursts of `publish` commands (frames of them sent back to back, so that the server handles
 /// several in one go and delivers each channel's run together) reach every subscriber complete
 /// and in order, across channels too, with a channel that keeps history (its publications are
-/// delivered at once, between the gathered ones) in the middle.
+/// held in its stream and delivered there, between the gathered ones) in the middle.
 #[tokio::test]
 async fn bursts_of_publications_arrive_complete_and_in_order() {
     let server = start(|c| {
@@ -171,6 +171,67 @@ async fn bursts_of_publications_arrive_complete_and_in_order() {
             got.push((channel, publication["data"]["n"].as_u64().unwrap()));
         }
         assert_eq!(got, expected, "subscriber of {channels:?}");
+        conn.expect_silence(Duration::from_millis(100)).await;
+    }
+}
+
+/// Several publishers sending bursts into one channel with history at the same time, on a
+/// runtime with several threads (so that their bursts are held in the same stream and
+/// delivered by whichever poll ends first): a plain and a recoverable subscriber each get every
+/// publication once, in offset order, and the recoverable one is never told to resubscribe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_bursts_into_a_history_channel_keep_offset_order() {
+    let server = start(|c| {
+        let mut history = namespace("h", true, true);
+        history.history_size = 10_000;
+        history.history_ttl = Duration::from_secs(60);
+        c.channel.namespaces.push(history);
+    })
+    .await;
+    let mut plain = Conn::connected(server.addr()).await;
+    plain.subscribe("h:x").await;
+    let mut recoverable = Conn::connected(server.addr()).await;
+    let sub = recoverable
+        .request_ok(json!({"subscribe": {"channel": "h:x", "recoverable": true}}))
+        .await;
+    assert_eq!(sub["recoverable"], true, "{sub}");
+    const PUBLISHERS: usize = 4;
+    const FRAMES: usize = 10;
+    const PER_FRAME: usize = 50;
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let addr = server.addr();
+            tokio::spawn(async move {
+                let mut publisher = Conn::connected(addr).await;
+                let mut ids = Vec::new();
+                for frame in 0..FRAMES {
+                    let commands: Vec<Value> = (0..PER_FRAME)
+                        .map(|k| json!({"publish": {"channel": "h:x", "data": {"p": p, "n": frame * PER_FRAME + k}}}))
+                        .collect();
+                    ids.extend(publisher.send_batch(&commands).await);
+                }
+                for id in ids {
+                    let reply = publisher.reply(id).await;
+                    assert!(reply.get("publish").is_some(), "{reply}");
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let total = (PUBLISHERS * FRAMES * PER_FRAME) as u64;
+    for conn in [&mut plain, &mut recoverable] {
+        // Offsets 1..=total in order; each publisher's own publications in its order too.
+        let mut next_of = [0u64; PUBLISHERS];
+        for offset in 1..=total {
+            let (channel, publication) = conn.next_publication().await;
+            assert_eq!(channel, "h:x");
+            assert_eq!(publication["offset"], offset, "{publication}");
+            let p = publication["data"]["p"].as_u64().unwrap() as usize;
+            assert_eq!(publication["data"]["n"], next_of[p], "{publication}");
+            next_of[p] += 1;
+        }
         conn.expect_silence(Duration::from_millis(100)).await;
     }
 }
