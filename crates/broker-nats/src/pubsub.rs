@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::Subscriber;
-use futures_util::StreamExt as _;
-use switchboard_hub::{BrokerError, BrokerEvents};
+use futures_util::{FutureExt as _, StreamExt as _};
+use switchboard_hub::{BatchedEvents, BrokerError, BrokerEvents, MAX_BATCH};
 use switchboard_proto::ClientInfo;
 use tokio::task::JoinHandle;
 
@@ -69,27 +69,44 @@ impl Shared {
 }
 
 /// Reads one channel's subscription and delivers its messages through a [`Reorder`].
+/// Messages read together are delivered together: consecutive publications as one batch (see
+/// `BatchedEvents`).
 async fn run_channel(events: Arc<dyn BrokerEvents>, channel: String, mut sub: Subscriber) {
     let mut order = Reorder::default();
+    let events = BatchedEvents::new(events);
     loop {
         let message = match order.deadline {
             Some(deadline) => tokio::select! {
                 message = sub.next() => message,
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    order.expire(&*events, &channel);
+                    order.expire(&events, &channel);
+                    events.flush();
                     continue;
                 }
             },
             None => sub.next().await,
         };
         let Some(message) = message else { return };
-        match codec::decode_incoming(&message.payload) {
-            Some(Incoming::Publication(epoch, publication)) => {
-                order.publication(&*events, &channel, epoch, publication, Instant::now());
+        receive(&events, &mut order, &channel, &message.payload);
+        for _ in 1..MAX_BATCH {
+            match sub.next().now_or_never() {
+                Some(Some(message)) => receive(&events, &mut order, &channel, &message.payload),
+                Some(None) => return,
+                None => break,
             }
-            Some(Incoming::Join(info)) => events.join(&channel, &info),
-            Some(Incoming::Leave(info)) => events.leave(&channel, &info),
-            None => tracing::warn!(channel, "ignoring malformed message from nats"),
         }
+        events.flush();
+    }
+}
+
+/// Takes one message of `channel`'s subject.
+fn receive(events: &BatchedEvents, order: &mut Reorder, channel: &str, payload: &[u8]) {
+    match codec::decode_incoming(payload) {
+        Some(Incoming::Publication(epoch, publication)) => {
+            order.publication(events, channel, epoch, publication, Instant::now());
+        }
+        Some(Incoming::Join(info)) => events.join(channel, &info),
+        Some(Incoming::Leave(info)) => events.leave(channel, &info),
+        None => tracing::warn!(channel, "ignoring malformed message from nats"),
     }
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -34,7 +34,7 @@ use redis::sentinel::SentinelClient;
 use redis::{
     AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
 };
-use switchboard_hub::{BrokerError, BrokerEvents};
+use switchboard_hub::{BatchedEvents, BrokerError, BrokerEvents, MAX_BATCH};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -672,11 +672,29 @@ impl Shard {
         let mut tick = tokio::time::interval(self.settings.health_check_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // Messages read together are delivered together: a channel's consecutive publications
+        // as one batch (see `BatchedEvents`). Until the hub has started the broker there is
+        // no one to deliver to.
+        let mut batched: Option<BatchedEvents> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return false,
                 message = stream.next() => match message {
-                    Some(message) => self.dispatch(message.get_channel_name(), message.get_payload_bytes()),
+                    Some(message) => {
+                        if batched.is_none() {
+                            batched = self.events.get().map(|e| BatchedEvents::new(e.clone()));
+                        }
+                        let Some(events) = &batched else { continue };
+                        self.dispatch(events, message.get_channel_name(), message.get_payload_bytes());
+                        for _ in 1..MAX_BATCH {
+                            match stream.next().now_or_never() {
+                                Some(Some(message)) => self.dispatch(events, message.get_channel_name(), message.get_payload_bytes()),
+                                Some(None) => return true,
+                                None => break,
+                            }
+                        }
+                        events.flush();
+                    }
                     None => return true,
                 },
                 _ = tick.tick() => {
@@ -689,10 +707,7 @@ impl Shard {
         }
     }
 
-    fn dispatch(&self, topic: &str, payload: &[u8]) {
-        let Some(events) = self.events.get() else {
-            return;
-        };
+    fn dispatch(&self, events: &BatchedEvents, topic: &str, payload: &[u8]) {
         if let Some(channel) = topic.strip_prefix(self.channel_topic_prefix.as_str()) {
             match wire::decode_topic_message(payload) {
                 Ok(TopicMessage::Publication(p)) => events.publication(channel, &p),

@@ -33,6 +33,7 @@
 //! [`Broker`] and [`PresenceStore`]).
 
 pub mod auth;
+mod batched;
 mod broker;
 pub mod burst;
 mod channel;
@@ -53,6 +54,7 @@ mod registry;
 pub mod relay;
 mod session;
 
+pub use batched::{BatchedEvents, MAX_BATCH};
 pub use broker::{
     Broker, BrokerError, BrokerEvents, HistoryFilter, HistoryResult, PresenceStats, PresenceStore,
     PublishOptions,

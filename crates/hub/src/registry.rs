@@ -383,11 +383,20 @@ impl Registry {
         self.deliver_shared(ch, channel, messages.into(), None);
     }
 
-    /// Consecutive publications of `channel` with offsets, in offset order (held by the
-    /// broker during a burst, see [`crate::burst`]), delivered as
-    /// [`BrokerEvents::publication`] for each would: positioned subscribers get them only while
-    /// they follow what each has.
+    /// Consecutive publications of `channel`, in order (with offsets: held by the memory
+    /// broker during a burst, see [`crate::burst`]), delivered as [`BrokerEvents::publication`]
+    /// for each would: positioned subscribers get those with offsets only while they follow
+    /// what each has.
     pub(crate) fn deliver_publications(&self, channel: &str, publications: &[Publication]) {
+        let with_offsets = publications.iter().all(|p| p.offset != 0);
+        if !with_offsets && publications.iter().any(|p| p.offset != 0) {
+            // Some with offsets, some without (history turned on or off in between): the
+            // positions are checked one publication at a time.
+            for publication in publications {
+                self.publication(channel, publication);
+            }
+            return;
+        }
         for _ in publications {
             self.metrics.publication();
         }
@@ -405,7 +414,8 @@ impl Registry {
             .map(|p| encode_publication_push(channel, p))
             .collect();
         let offsets: Vec<u64> = publications.iter().map(|p| p.offset).collect();
-        self.deliver_shared(ch, channel, messages, Some(&offsets));
+        let offsets = with_offsets.then_some(&offsets[..]);
+        self.deliver_shared(ch, channel, messages, offsets);
     }
 
     /// Delivers `run` (with its publications' `offsets`, if any) to every subscriber of `ch`,
@@ -783,13 +793,15 @@ mod tests {
     /// publication that does not.
     #[test]
     fn held_publications_are_delivered_as_each_would_be() {
-        let sequences: [&[u64]; 6] = [
+        let sequences: [&[u64]; 8] = [
             &[6, 7],
             &[6, 7, 8, 9, 10, 11, 12],
             &[6, 7, 9, 10],
             &[4, 5, 6],
             &[1, 2, 3, 4, 5, 6, 7],
             &[9, 10, 11],
+            &[0, 0, 0],
+            &[6, 0, 7],
         ];
         for offsets in sequences {
             let one_by_one = Arc::new(Registry::new(Arc::new(Metrics::default())));
