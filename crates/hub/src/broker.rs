@@ -113,8 +113,10 @@ pub trait BrokerEvents: Send + Sync + 'static {
     /// A publication for `channel`; deliver it to local subscribers. Its `offset` is set when the
     /// channel keeps history.
     fn publication(&self, channel: &str, publication: &Publication);
-    /// Consecutive publications of `channel`, in order; the same as [`BrokerEvents::publication`]
-    /// for each, which it is unless implemented.
+    /// Consecutive publications of `channel`, in order, to be delivered as
+    /// [`BrokerEvents::publication`] would deliver each (which this does unless implemented);
+    /// an implementation may deliver them together. Brokers call it for what they received or
+    /// held together (see [`crate::BatchedEvents`]).
     fn publications(&self, channel: &str, publications: &[Publication]) {
         for publication in publications {
             self.publication(channel, publication);

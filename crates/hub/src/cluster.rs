@@ -124,8 +124,10 @@ impl BrokerEvents for HubEvents {
     }
 
     fn publications(&self, channel: &str, publications: &[Publication]) {
-        // Held by the broker for a burst (see `crate::burst`): what this thread gathered
-        // before them was delivered first.
+        // Held by the memory broker for a burst (see `crate::burst`; what their publisher
+        // gathered before them was delivered first), or read together by a broker's receive
+        // task (`BatchedEvents`). Never deliver what this thread gathered from here: the
+        // memory broker calls this under a stream's lock, which a held entry would take again.
         self.registry.deliver_publications(channel, publications);
     }
 

@@ -75,6 +75,16 @@ impl Stream {
         }
     }
 
+    /// Delivers the held publications (under the stream's lock, which `&mut self` is). Safe
+    /// at any time: whatever their publishers gathered before them was delivered before they
+    /// were held (see [`crate::burst`]). Called before anything reads the stream's position,
+    /// so that a subscriber positioned there never gets them again afterwards.
+    fn deliver_held(&mut self, events: Option<&dyn BrokerEvents>, channel: &str) {
+        if let (false, Some(events)) = (self.held.is_empty(), events) {
+            events.publications(channel, &std::mem::take(&mut self.held));
+        }
+    }
+
     fn position(&self) -> StreamPosition {
         StreamPosition {
             offset: self.top,
@@ -85,10 +95,7 @@ impl Stream {
 
 /// Delivers what `stream` holds (see [`Stream::held`]), under its lock.
 fn deliver_held(stream: &Mutex<Stream>, events: &dyn BrokerEvents, channel: &str) {
-    let mut s = stream.lock();
-    if !s.held.is_empty() {
-        events.publications(channel, &std::mem::take(&mut s.held));
-    }
+    stream.lock().deliver_held(Some(events), channel);
 }
 
 fn meta_ttl_or_default(ttl: Duration) -> Duration {
@@ -191,8 +198,10 @@ impl MemoryBroker {
     /// their meta TTL, idempotency keys and presence entries.
     pub fn sweep(&self, now: Instant) {
         for shard in self.streams.iter() {
-            shard.lock().retain(|_, stream| {
+            shard.lock().retain(|channel, stream| {
                 let mut s = stream.lock();
+                // Normally empty: a gathering poll delivers what it held when it ends.
+                s.deliver_held(self.events.get().map(|e| &**e), channel);
                 s.drop_expired(now);
                 s.meta_expires > now
             });
@@ -265,12 +274,10 @@ impl MemoryBroker {
                 let channel = channel.to_string();
                 burst::hold(key, move || deliver_held(&stream, &*events, &channel));
             }
-        } else if s.held.is_empty() {
-            events.publication(channel, &publication);
         } else {
-            let mut held = std::mem::take(&mut s.held);
-            held.push(publication);
-            events.publications(channel, &held);
+            // Publications held by gathering polls on other threads come first.
+            s.deliver_held(Some(&*events), channel);
+            events.publication(channel, &publication);
         }
         Ok(position)
     }
@@ -285,6 +292,7 @@ impl MemoryBroker {
     ) -> Result<HistoryResult, BrokerError> {
         let stream = self.stream(channel, now, meta_ttl_or_default(meta_ttl));
         let mut s = stream.lock();
+        s.deliver_held(self.events.get().map(|e| &**e), channel);
         s.drop_expired(now);
         let position = s.position();
         if let Some(since) = &filter.since {
@@ -556,6 +564,36 @@ mod tests {
             *recorder.deliveries.lock(),
             [burst::MAX_RUN, burst::MAX_RUN, 1]
         );
+    }
+
+    /// Reading a stream's position (a subscribe, a recovery, `history`) delivers what is held
+    /// first: a subscriber positioned at the top must never get a publication below it later.
+    #[test]
+    fn reading_the_position_delivers_the_held_publications_first() {
+        let broker = MemoryBroker::new();
+        let recorder = Arc::new(Recorder::default());
+        broker.start(recorder.clone());
+        let options = with_history();
+        burst::in_one_poll(|| {
+            broker.publish("a", publication(), &options).unwrap();
+            broker.publish("a", publication(), &options).unwrap();
+            assert!(recorder.seen.lock().is_empty());
+            let filter = HistoryFilter {
+                limit: Some(0),
+                ..HistoryFilter::default()
+            };
+            let read = broker
+                .history_at("a", &filter, Duration::ZERO, Instant::now())
+                .unwrap();
+            assert_eq!(read.position.offset, 2);
+            assert_eq!(
+                *recorder.seen.lock(),
+                [("a".to_string(), 1), ("a".to_string(), 2)],
+                "delivered before the position was read"
+            );
+            broker.publish("a", publication(), &options).unwrap();
+        });
+        assert_eq!(recorder.seen.lock().len(), 3, "each once");
     }
 
     impl MemoryBroker {

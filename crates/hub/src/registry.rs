@@ -830,7 +830,8 @@ mod tests {
 
     /// Gathered publications keep their order across channels (a run ends where another
     /// channel's publication comes between) and with publications that have an offset, which
-    /// are delivered at once; long bursts are cut into runs.
+    /// the registry delivers at once (the memory broker holds those of a burst itself, see
+    /// `memory::tests`); long bursts are cut into runs.
     #[test]
     fn a_burst_keeps_the_order_across_channels_and_runs() {
         let registry = Arc::new(Registry::new(Arc::new(Metrics::default())));

@@ -236,6 +236,39 @@ async fn concurrent_bursts_into_a_history_channel_keep_offset_order() {
     }
 }
 
+/// A publication held for a burst is delivered before a subscribe in the same frame reads the
+/// stream's position: the recoverable subscriber starts after it and is not told to resubscribe
+/// (2500) when it would otherwise arrive below its position.
+#[tokio::test]
+async fn a_subscribe_after_a_held_publication_starts_after_it() {
+    let server = start(|c| {
+        let mut history = namespace("h", true, true);
+        history.history_size = 100;
+        history.history_ttl = Duration::from_secs(60);
+        c.channel.namespaces.push(history);
+    })
+    .await;
+    let mut conn = Conn::connected(server.addr()).await;
+    let ids = conn
+        .send_batch(&[
+            json!({"publish": {"channel": "h:x", "data": {"n": 1}}}),
+            json!({"subscribe": {"channel": "h:x", "recoverable": true}}),
+        ])
+        .await;
+    let mut replies = Vec::new();
+    for id in ids {
+        replies.push(conn.reply(id).await);
+    }
+    assert!(replies[0].get("publish").is_some(), "{}", replies[0]);
+    assert_eq!(replies[1]["subscribe"]["offset"], 1, "{}", replies[1]);
+    let mut other = Conn::connected(server.addr()).await;
+    other.publish("h:x", json!({"n": 2})).await;
+    let (channel, publication) = conn.next_publication().await;
+    assert_eq!(channel, "h:x");
+    assert_eq!(publication["offset"], 2, "{publication}");
+    conn.expect_silence(Duration::from_millis(100)).await;
+}
+
 /// A client that publishes to a channel it is subscribed to gets each publication before the
 /// reply to its `publish`, also within a burst (the documented example session shows this order).
 #[tokio::test]
