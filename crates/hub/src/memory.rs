@@ -517,6 +517,14 @@ mod tests {
         fn leave(&self, _: &str, _: &ClientInfo) {}
     }
 
+    /// A broker started with a [`Recorder`].
+    fn recorded() -> (MemoryBroker, Arc<Recorder>) {
+        let broker = MemoryBroker::new();
+        let recorder = Arc::new(Recorder::default());
+        broker.start(recorder.clone());
+        (broker, recorder)
+    }
+
     fn with_history() -> PublishOptions {
         PublishOptions {
             history_size: 1000,
@@ -530,9 +538,7 @@ mod tests {
     /// publication outside a gathering poll is delivered at once.
     #[test]
     fn publications_with_offsets_are_held_until_the_poll_ends() {
-        let broker = MemoryBroker::new();
-        let recorder = Arc::new(Recorder::default());
-        broker.start(recorder.clone());
+        let (broker, recorder) = recorded();
         let options = with_history();
         let publish = |channel: &str| {
             broker.publish(channel, publication(), &options).unwrap();
@@ -570,9 +576,7 @@ mod tests {
     /// first: a subscriber positioned at the top must never get a publication below it later.
     #[test]
     fn reading_the_position_delivers_the_held_publications_first() {
-        let broker = MemoryBroker::new();
-        let recorder = Arc::new(Recorder::default());
-        broker.start(recorder.clone());
+        let (broker, recorder) = recorded();
         let options = with_history();
         burst::in_one_poll(|| {
             broker.publish("a", publication(), &options).unwrap();
@@ -614,9 +618,8 @@ mod tests {
     fn concurrent_gathering_publishers_keep_offset_order() {
         const THREADS: usize = 4;
         const POLLS: usize = 300;
-        let broker = Arc::new(MemoryBroker::new());
-        let recorder = Arc::new(Recorder::default());
-        broker.start(recorder.clone());
+        let (broker, recorder) = recorded();
+        let broker = Arc::new(broker);
         let threads: Vec<_> = (0..THREADS)
             .map(|t| {
                 let broker = broker.clone();

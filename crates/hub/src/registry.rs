@@ -733,6 +733,26 @@ mod tests {
         ]
     }
 
+    /// Each subscriber of `got` (from [`every_kind`]) has exactly what the same kind in
+    /// `expected` has, once those still subscribing are let in.
+    fn assert_same_queues(
+        expected: &[(Arc<Outbound>, Option<Arc<Gate>>)],
+        got: &[(Arc<Outbound>, Option<Arc<Gate>>)],
+        what: &str,
+    ) {
+        for (i, ((e, e_gate), (g, g_gate))) in expected.iter().zip(got).enumerate() {
+            if let (Some(e_gate), Some(g_gate)) = (e_gate, g_gate) {
+                open(e, e_gate, "ch", 5);
+                open(g, g_gate, "ch", 5);
+            }
+            assert_eq!(
+                (raw_queue(g), g.is_closed()),
+                (raw_queue(e), e.is_closed()),
+                "subscriber {i}, {what}"
+            );
+        }
+    }
+
     /// A burst gathered in one poll reaches every kind of subscriber exactly as the same
     /// publications delivered one by one: same messages, same order, same controls, same
     /// overflow.
@@ -755,17 +775,7 @@ mod tests {
                 let during: Vec<usize> = got.iter().map(|(out, _)| out.queued_bytes()).collect();
                 assert_eq!(during, before);
             });
-            for (i, ((e, e_gate), (g, g_gate))) in expected.iter().zip(&got).enumerate() {
-                if let (Some(e_gate), Some(g_gate)) = (e_gate, g_gate) {
-                    open(e, e_gate, "ch", 5);
-                    open(g, g_gate, "ch", 5);
-                }
-                assert_eq!(
-                    (raw_queue(g), g.is_closed()),
-                    (raw_queue(e), e.is_closed()),
-                    "subscriber {i}, {count} publications"
-                );
-            }
+            assert_same_queues(&expected, &got, &format!("{count} publications"));
         }
     }
 
@@ -813,17 +823,7 @@ mod tests {
                 one_by_one.publication("ch", p);
             }
             together.deliver_publications("ch", &publications);
-            for (i, ((e, e_gate), (g, g_gate))) in expected.iter().zip(&got).enumerate() {
-                if let (Some(e_gate), Some(g_gate)) = (e_gate, g_gate) {
-                    open(e, e_gate, "ch", 5);
-                    open(g, g_gate, "ch", 5);
-                }
-                assert_eq!(
-                    (raw_queue(g), g.is_closed()),
-                    (raw_queue(e), e.is_closed()),
-                    "subscriber {i}, offsets {offsets:?}"
-                );
-            }
+            assert_same_queues(&expected, &got, &format!("offsets {offsets:?}"));
             assert_eq!(counters(&together.metrics), counters(&one_by_one.metrics));
         }
     }
