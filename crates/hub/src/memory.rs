@@ -541,7 +541,7 @@ mod tests {
         let (broker, recorder) = recorded();
         let options = with_history();
         let publish = |channel: &str| {
-            broker.publish(channel, publication(), &options).unwrap();
+            publish_now(&broker, channel, &options);
         };
         burst::in_one_poll(|| {
             for _ in 0..3 {
@@ -579,8 +579,8 @@ mod tests {
         let (broker, recorder) = recorded();
         let options = with_history();
         burst::in_one_poll(|| {
-            broker.publish("a", publication(), &options).unwrap();
-            broker.publish("a", publication(), &options).unwrap();
+            publish_now(&broker, "a", &options);
+            publish_now(&broker, "a", &options);
             assert!(recorder.seen.lock().is_empty());
             let filter = HistoryFilter {
                 limit: Some(0),
@@ -595,20 +595,16 @@ mod tests {
                 [("a".to_string(), 1), ("a".to_string(), 2)],
                 "delivered before the position was read"
             );
-            broker.publish("a", publication(), &options).unwrap();
+            publish_now(&broker, "a", &options);
         });
         assert_eq!(recorder.seen.lock().len(), 3, "each once");
     }
 
-    impl MemoryBroker {
-        fn publish(
-            &self,
-            channel: &str,
-            publication: Publication,
-            options: &PublishOptions,
-        ) -> Result<StreamPosition, BrokerError> {
-            self.publish_at(channel, publication, options, Instant::now())
-        }
+    /// Publishes a publication into `channel` now.
+    fn publish_now(broker: &MemoryBroker, channel: &str, options: &PublishOptions) {
+        broker
+            .publish_at(channel, publication(), options, Instant::now())
+            .unwrap();
     }
 
     /// Publishers on several threads, each publishing in gathering polls (and one outside
@@ -626,7 +622,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let options = with_history();
                     let publish = |channel: &str| {
-                        broker.publish(channel, publication(), &options).unwrap();
+                        publish_now(&broker, channel, &options);
                     };
                     for i in 0..POLLS {
                         let burst = || {
